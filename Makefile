@@ -1,0 +1,39 @@
+# sora2proxy: `make run` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test lint types unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Editable install; setup.py also puts the checkout's root on sys.path so that
+# twistd finds twisted/plugins/sora2proxy_plugin.py (tests/test_plugin.py proves it).
+$(STAMP): setup.py pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=69" wheel
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= sora2proxy $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests twisted setup.py
+	$(BIN)/ruff format --check src tests twisted setup.py
+
+types: $(STAMP)
+	$(BIN)/mypy src
+
+unit: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest -q tests
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
+
+test: lint types unit
+
+clean:
+	rm -rf $(VENV) build *.egg-info .coverage .coverage.* _trial_temp

@@ -1,0 +1,173 @@
+"""
+One upstream try: the target URL built from the raw request bytes, the
+forwarded headers, a body that can be sent again from its start, and the
+call to the HTTP client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from typing import IO, Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ._headers import REQUEST_ID, SET_BY_CLIENT, append_forwarded_for, end_to_end
+
+#: Bodies up to this size are written to the upstream in one go.
+SMALL_BODY = 64 * 1024
+CHUNK = 64 * 1024
+
+#: Methods whose empty body is still sent with C{Content-Length: 0}.
+_BODY_EXPECTED = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+@frozen
+class Target:
+    """
+    Where a request goes: the raw path and query after the prefix.
+
+    @ivar rest: the raw path after the prefix, starting with C{/} or empty.
+    @ivar query: the raw query, C{?} included, or empty.
+    """
+
+    rest: bytes
+    query: bytes
+
+    def url(self, base: bytes) -> bytes:
+        """
+        @return: C{base} (origin and base path) plus the raw path and query.
+        """
+        return base + self.rest + self.query
+
+
+def split_target(uri: bytes, prefix: bytes) -> Target | None:
+    """
+    Map a raw request target onto the upstream, keeping its bytes as sent.
+
+    @param prefix: the public prefix without a trailing slash (C{b""} for C{/}).
+    @return: L{None} when C{uri} is not under C{prefix}.
+    """
+    path, mark, query = uri.partition(b"?")
+    if not path.startswith(b"/"):
+        return None
+    if path == prefix:
+        rest = b""
+    elif path.startswith(prefix + b"/"):
+        rest = path[len(prefix) :]
+    else:
+        return None
+    return Target(rest, mark + query)
+
+
+@implementer(IBodyProducer)
+class ReplayableBody:
+    """
+    A request body that each try sends from its start; the source file is
+    never closed, so that a retry can send it again.
+    """
+
+    def __init__(self, source: IO[bytes], length: int, cooperator: Cooperator) -> None:
+        self._source = source
+        self.length = length
+        self._cooperator = cooperator
+        self._task: CooperativeTask[Generator[None, None, None]] | None = None
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._source.seek(0)
+        if self.length <= SMALL_BODY:
+            consumer.write(self._source.read(self.length))
+            return succeed(None)
+        task = self._task = self._cooperator.cooperate(self._chunks(consumer))
+        done: Deferred[None] = Deferred()
+
+        def stopped(failure: Failure) -> None:
+            # After stopProducing the HTTP client no longer waits for C{done}.
+            failure.trap(TaskStopped)
+
+        task.whenDone().addCallbacks(lambda _: done.callback(None), stopped)
+        return done
+
+    def _chunks(self, consumer: IConsumer) -> Generator[None, None, None]:
+        left = self.length
+        while left > 0:
+            data = self._source.read(min(CHUNK, left))
+            if not data:
+                break
+            left -= len(data)
+            consumer.write(data)
+            yield None
+
+    def pauseProducing(self) -> None:
+        if self._task is not None:
+            self._task.pause()
+
+    def resumeProducing(self) -> None:
+        if self._task is not None:
+            self._task.resume()
+
+    def stopProducing(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(TaskStopped):
+                self._task.stop()
+
+
+def body_of(request: Request, cooperator: Cooperator) -> ReplayableBody | None:
+    """
+    @return: the request's body as a replayable producer, or L{None} when it
+        has none (and its method does not expect one).
+    """
+    content: IO[bytes] | None = getattr(request, "content", None)
+    length = 0
+    if content is not None:
+        content.seek(0, 2)
+        length = content.tell()
+        content.seek(0)
+    if content is None or (length == 0 and request.method not in _BODY_EXPECTED):
+        return None
+    return ReplayableBody(content, length, cooperator)
+
+
+def forwarded_headers(request: Request, request_id: str, secure: bool) -> Headers:
+    """
+    The headers sent upstream: the client's end-to-end headers, in order,
+    with C{X-Request-ID} and the C{X-Forwarded-*} set.
+    """
+    headers = Headers()
+    for name, values in end_to_end(request.requestHeaders, SET_BY_CLIENT | {REQUEST_ID}):
+        headers.setRawHeaders(name, values)
+    headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+    peer = request.getClientAddress()
+    append_forwarded_for(headers, getattr(peer, "host", None))
+    headers.setRawHeaders(b"x-forwarded-proto", [b"https" if secure else b"http"])
+    host = request.getHeader(b"host")
+    if host is not None and not headers.hasHeader(b"x-forwarded-host"):
+        headers.setRawHeaders(b"x-forwarded-host", [host])
+    return headers
+
+
+def try_sender(
+    agent: IAgent,
+    method: bytes,
+    url: bytes,
+    headers: Headers,
+    body: ReplayableBody | None,
+) -> Callable[[], Deferred[IResponse]]:
+    """
+    @return: a function that sends one try of the request and returns its
+        response's Deferred (cancellable: cancelling aborts the try).
+    """
+
+    def send() -> Deferred[IResponse]:
+        result: Deferred[Any] = agent.request(method, url, headers, body)
+        return result
+
+    return send

@@ -1,0 +1,101 @@
+"""
+Classify the failure of one upstream try: which error it is, and whether the
+request may have reached the upstream (which decides whether it may be sent
+again).
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+from twisted.internet import error
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+
+from ._errors import ECONNREFUSED, TIMEOUT, UPSTREAM_ERROR, ErrorKind
+
+
+@frozen
+class TryFailure:
+    """
+    What went wrong with one try.
+
+    @ivar kind: the error-table row it maps to.
+    @ivar reached_upstream: C{False} only when the request provably never
+        reached the upstream (refused, DNS failure, not connected in time,
+        not sent); C{True} when it may have.
+    @ivar reason: a few words for people (C{"connection refused"}).
+    """
+
+    kind: ErrorKind
+    reached_upstream: bool
+    reason: str
+
+
+class TryTimedOut(Exception):
+    """
+    A try was cancelled by its timeout; C{cause} is what the cancelled try failed with.
+    """
+
+    def __init__(self, cause: Failure, seconds: float) -> None:
+        super().__init__(cause, seconds)
+        self.cause = cause
+        self.seconds = seconds
+
+
+_NOT_CONNECTED = (error.ConnectingCancelledError,)
+
+
+def _reasons(exception: BaseException) -> list[BaseException]:
+    if isinstance(exception, ResponseFailed | RequestTransmissionFailed):
+        return [reason.value for reason in exception.reasons]
+    return []
+
+
+def _describe(exceptions: list[BaseException]) -> str:
+    for exc in exceptions:
+        if isinstance(exc, error.ConnectionDone):
+            return "the upstream closed the connection before answering"
+        if isinstance(exc, error.ConnectionLost):
+            return "the connection to the upstream was reset"
+    if exceptions:
+        return f"invalid upstream response ({type(exceptions[0]).__name__}: {exceptions[0]})"
+    return "the upstream response failed"
+
+
+def classify(failure: Failure) -> TryFailure | None:
+    """
+    Turn the failure of one try into a L{TryFailure}.
+
+    @return: L{None} when the failure is not a network failure of the try
+        (for instance a bug in the proxy), so that it is not mistaken for one.
+    """
+    exc = failure.value
+    if isinstance(exc, TryTimedOut):
+        cause = exc.cause.value
+        reached = not isinstance(cause, _NOT_CONNECTED)
+        what = "answer" if reached else "accept the connection"
+        return TryFailure(TIMEOUT, reached, f"the upstream did not {what} within {exc.seconds:g} s")
+    if isinstance(exc, error.ConnectionRefusedError):
+        return TryFailure(ECONNREFUSED, False, "connection refused")
+    if isinstance(exc, error.DNSLookupError):
+        return TryFailure(UPSTREAM_ERROR, False, "DNS lookup of the upstream host failed")
+    if isinstance(exc, error.TimeoutError):
+        return TryFailure(TIMEOUT, False, "connecting to the upstream timed out")
+    if isinstance(exc, error.ConnectError):
+        return TryFailure(UPSTREAM_ERROR, False, f"could not connect to the upstream ({exc})")
+    if isinstance(exc, RequestNotSent):
+        return TryFailure(UPSTREAM_ERROR, False, "the pooled connection closed before sending")
+    if isinstance(exc, ResponseNeverReceived | RequestTransmissionFailed | ResponseFailed):
+        reasons = _reasons(exc)
+        if any(isinstance(r, CancelledError) for r in reasons):
+            return TryFailure(UPSTREAM_ERROR, True, "the try was cancelled")
+        return TryFailure(UPSTREAM_ERROR, True, _describe(reasons))
+    if isinstance(exc, error.ConnectionLost | error.ConnectionDone):
+        return TryFailure(UPSTREAM_ERROR, True, _describe([exc]))
+    return None

@@ -1,0 +1,191 @@
+"""
+L{ProxyConfig}: every option of the proxy, its default and its validation.
+
+A bad value raises L{ConfigError}, whose message is one line naming the
+command-line option.  This module imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from attrs import field, frozen
+from hyperlink import URL, DecodedURL
+
+DEFAULT_UPSTREAM = "http://localhost:3101/api"
+
+
+class ConfigError(ValueError):
+    """
+    A configuration value is invalid; C{str()} is one line naming the option.
+    """
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option
+
+
+def option_name(attribute: attrs.Attribute[Any]) -> str:
+    """
+    @return: the command-line spelling of a L{ProxyConfig} field.
+    """
+    return "--" + attribute.name.replace("_", "-")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(option_name(attribute), f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(option_name(attribute), f"must be a positive number, got {value!r}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(option_name(attribute), f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(option_name(attribute), f"must be zero or more, got {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(option_name(attribute), f"must be a whole number of 1 or more, got {value!r}")
+
+
+def _fraction(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _not_negative(_, attribute, value)
+    if value > 1:
+        raise ConfigError(option_name(attribute), f"must be between 0 and 1, got {value!r}")
+
+
+def _no_controls(option: str, value: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(option, "must not contain control characters")
+
+
+def _valid_upstream(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    option = "--upstream"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(option, "must be a URL such as http://localhost:3101/api")
+    _no_controls(option, value)
+    try:
+        url = URL.from_text(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(option, f"{value!r} is not a URL ({e})") from None
+    if url.scheme not in ("http", "https") or not value.lower().startswith(url.scheme + "://"):
+        raise ConfigError(option, f"{value!r} needs a scheme: http:// or https://")
+    if not url.host:
+        raise ConfigError(option, f"{value!r} has no host")
+    if url.userinfo:
+        raise ConfigError(option, f"{value!r}: credentials in the URL are not supported")
+    if url.query or url.fragment:
+        raise ConfigError(option, f"{value!r}: a base URL takes no query or fragment")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if port is None or not 0 < port < 65536:
+        raise ConfigError(option, f"{value!r} has an invalid port")
+
+
+def _valid_path(option: str, value: str, *, allow_empty: bool) -> None:
+    if allow_empty and value == "":
+        return
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(option, f"must start with '/', got {value!r}")
+    _no_controls(option, value)
+    if "?" in value or "#" in value or " " in value:
+        raise ConfigError(option, f"must be a plain path, got {value!r}")
+
+
+def _valid_prefix(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    _valid_path("--prefix", value, allow_empty=False)
+
+
+def _valid_health_path(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    _valid_path("--health-path", value, allow_empty=True)
+
+
+def _valid_text(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(option_name(attribute), f"must be text, got {value!r}")
+
+
+@frozen
+class ProxyConfig:
+    """
+    Every option of the proxy.  Values are validated on construction.
+
+    @ivar upstream: the backend's base URL, base path included.
+    @ivar prefix: the public path prefix, stripped before forwarding.
+    @ivar health_path: the health check's path on the upstream's origin;
+        empty disables health checks.
+    @ivar health_interval: seconds between health checks.
+    @ivar health_timeout: seconds a health check may take.
+    @ivar attempts: total tries of one request, the first included.
+    @ivar backoff: the wait before try k+1 is C{backoff * k} seconds.
+    @ivar timeout: seconds one try may take to get response headers.
+    @ivar suggestion: the how-to-fix line of error bodies.
+    @ivar dev: include tracebacks in 500 bodies.
+    @ivar retry_all_methods: retry any method after any failure (unsafe).
+    """
+
+    upstream: str = field(default=DEFAULT_UPSTREAM, validator=_valid_upstream)
+    prefix: str = field(default="/api/proxy", validator=_valid_prefix)
+    health_path: str = field(default="/api/health", validator=_valid_health_path)
+    health_interval: float = field(default=5.0, validator=_positive)
+    health_timeout: float = field(default=3.0, validator=_positive)
+    attempts: int = field(default=3, validator=_at_least_one)
+    backoff: float = field(default=1.0, validator=_not_negative)
+    timeout: float = field(default=30.0, validator=_positive)
+    suggestion: str = field(default="Run: npm run dev:api", validator=_valid_text)
+    dev: bool = False
+    retry_all_methods: bool = False
+
+    @property
+    def upstream_url(self) -> DecodedURL:
+        """
+        The upstream base URL, parsed.
+        """
+        return DecodedURL.from_text(self.upstream)
+
+    @property
+    def upstream_base(self) -> bytes:
+        """
+        The upstream's origin and base path, without a trailing slash: the
+        forwarded URL is this plus the client's path.
+        """
+        url = URL.from_text(self.upstream)
+        return url.to_uri().to_text().split("?")[0].rstrip("/").encode("ascii")
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        """
+        The public prefix as raw bytes, without a trailing slash (C{b""} for C{/}).
+        """
+        return self.prefix.rstrip("/").encode("utf-8")
+
+    @property
+    def health_url(self) -> bytes | None:
+        """
+        The full health-check URL, or L{None} when health checks are off.
+        """
+        if not self.health_path:
+            return None
+        url = URL.from_text(self.upstream).to_uri()
+        origin = f"{url.scheme}://{url.authority()}"
+        return (origin + self.health_path).encode("ascii", "strict")
+
+
+def upstream_from_environment(environ: Mapping[str, str]) -> str:
+    """
+    The default upstream: C{$SORA2PROXY_UPSTREAM}, else C{$NEXT_PUBLIC_API_URL}
+    plus C{/api}, else C{http://localhost:3101/api}.
+    """
+    if environ.get("SORA2PROXY_UPSTREAM"):
+        return environ["SORA2PROXY_UPSTREAM"]
+    if environ.get("NEXT_PUBLIC_API_URL"):
+        return environ["NEXT_PUBLIC_API_URL"].rstrip("/") + "/api"
+    return DEFAULT_UPSTREAM

@@ -1,0 +1,159 @@
+"""
+The error table and its rendering: every error response the proxy makes is
+built here, from a L{ProxyError} value, as JSON (or a small HTML page for a
+browser).
+
+This module imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+from twisted.web.iweb import IRequest
+
+JSON_TYPE = b"application/json"
+HTML_TYPE = b"text/html; charset=utf-8"
+
+
+@frozen
+class ErrorKind:
+    """
+    One row of the error table.
+
+    @ivar error_type: the C{details.errorType} value clients match on.
+    @ivar status: the HTTP status code.
+    @ivar title: the short C{error} string.
+    @ivar retry_after: whether the response carries C{Retry-After}.
+    """
+
+    error_type: str
+    status: int
+    title: str
+    retry_after: bool = False
+
+
+ECONNREFUSED = ErrorKind("ECONNREFUSED", 503, "Backend unavailable", retry_after=True)
+TIMEOUT = ErrorKind("TIMEOUT", 504, "Backend timeout")
+HEALTH_CHECK_FAILED = ErrorKind("HEALTH_CHECK_FAILED", 503, "Backend unhealthy", retry_after=True)
+UPSTREAM_ERROR = ErrorKind("UPSTREAM_ERROR", 502, "Bad gateway")
+CIRCUIT_OPEN = ErrorKind("CIRCUIT_OPEN", 503, "Backend ejected", retry_after=True)
+NOT_FOUND = ErrorKind("NOT_FOUND", 404, "Not found")
+BAD_REQUEST = ErrorKind("BAD_REQUEST", 400, "Bad request")
+INTERNAL = ErrorKind("INTERNAL", 500, "Internal proxy error")
+
+ERROR_KINDS: Mapping[str, ErrorKind] = {
+    kind.error_type: kind
+    for kind in (
+        ECONNREFUSED,
+        TIMEOUT,
+        HEALTH_CHECK_FAILED,
+        UPSTREAM_ERROR,
+        CIRCUIT_OPEN,
+        NOT_FOUND,
+        BAD_REQUEST,
+        INTERNAL,
+    )
+}
+
+
+@frozen
+class ProxyError:
+    """
+    An error response, ready to render.
+
+    @ivar kind: its row of the error table.
+    @ivar message: one sentence that names the upstream and says what broke.
+    @ivar attempts: how many upstream tries were made.
+    @ivar duration_ms: time from the request's arrival, in milliseconds.
+    @ivar suggestion: the how-to-fix line.
+    @ivar upstream: the upstream base URL concerned.
+    @ivar request_id: the request's C{X-Request-ID}.
+    @ivar retry_after: seconds for C{Retry-After}, for the kinds that send it.
+    @ivar extra: further C{details} members (C{retryable}, C{traceback}...).
+    """
+
+    kind: ErrorKind
+    message: str
+    attempts: int
+    duration_ms: int
+    suggestion: str
+    upstream: str
+    request_id: str
+    retry_after: int = 1
+    extra: Mapping[str, Any] = field(factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        """
+        @return: the C{details} object of the JSON body.
+        """
+        details: dict[str, Any] = {
+            "errorType": self.kind.error_type,
+            "attempts": self.attempts,
+            "durationMs": self.duration_ms,
+            "suggestion": self.suggestion,
+            "upstream": self.upstream,
+            "requestId": self.request_id,
+        }
+        details.update(self.extra)
+        return details
+
+    def to_json(self) -> bytes:
+        """
+        @return: the JSON body, UTF-8 encoded.
+        """
+        body = {"error": self.kind.title, "message": self.message, "details": self.details()}
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def to_html(self) -> bytes:
+        """
+        @return: a small, self-contained HTML page with the same facts.
+        """
+        rows = "".join(
+            f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(value))}</td></tr>"
+            for name, value in self.details().items()
+            if name != "traceback"
+        )
+        title = html.escape(f"{self.kind.status} {self.kind.title}")
+        page = (
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>{title}</title><style>body{{font:16px system-ui,sans-serif;"
+            "max-width:46em;margin:3em auto;padding:0 1em}th{text-align:left;padding-right:1em}"
+            ".fix{background:#fff3cd;padding:.6em 1em;border-radius:4px}</style></head><body>"
+            f"<h1>{title}</h1><p>{html.escape(self.message)}</p>"
+            f"<p class=fix>{html.escape(self.suggestion)}</p><table>{rows}</table></body></html>"
+        )
+        return page.encode("utf-8")
+
+
+def wants_html(request: IRequest) -> bool:
+    """
+    @return: whether the client is a browser asking for a page rather than data.
+    """
+    accept = b",".join(request.requestHeaders.getRawHeaders(b"accept", [])).lower()
+    return b"text/html" in accept
+
+
+def write_error(request: IRequest, error: ProxyError) -> None:
+    """
+    Send C{error} as the whole response to C{request} and finish it.
+
+    Headers already set on the response (C{X-Request-ID}) are kept; a browser
+    gets HTML, every other client JSON.
+    """
+    request.setResponseCode(error.kind.status)
+    if wants_html(request):
+        body, content_type = error.to_html(), HTML_TYPE
+    else:
+        body, content_type = error.to_json(), JSON_TYPE
+    request.responseHeaders.setRawHeaders(b"content-type", [content_type])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+    if error.kind.retry_after:
+        request.responseHeaders.setRawHeaders(b"retry-after", [b"%d" % max(1, error.retry_after)])
+    request.write(body)
+    request.finish()

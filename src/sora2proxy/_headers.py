@@ -1,0 +1,89 @@
+"""
+Header rules: the hop-by-hop set (RFC 9110 section 7.6.1), request ids, and
+the headers a proxy adds to a forwarded request.
+
+This module imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+
+from twisted.web.http_headers import Headers
+
+REQUEST_ID = b"x-request-id"
+
+#: Headers that belong to one connection, never forwarded in either direction.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+#: Headers the HTTP client sets itself from the URL and the body.
+SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length"})
+
+_REQUEST_ID_SHAPE = re.compile(rb"\A[A-Za-z0-9._:@/+=-]{1,128}\Z")
+
+
+def new_request_id() -> str:
+    """
+    @return: a fresh random request id (128 bits, hex).
+    """
+    return os.urandom(16).hex()
+
+
+def request_id_from(headers: Headers) -> str:
+    """
+    @return: the client's C{X-Request-ID} when it is a sane token, else a new one.
+    """
+    sent = headers.getRawHeaders(REQUEST_ID)
+    if sent and _REQUEST_ID_SHAPE.match(sent[0]):
+        return sent[0].decode("ascii")
+    return new_request_id()
+
+
+def connection_named(headers: Headers) -> frozenset[bytes]:
+    """
+    @return: the header names that the C{Connection} header lists, lowercased.
+    """
+    named: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(named)
+
+
+def end_to_end(headers: Headers, also_drop: Iterable[bytes] = ()) -> Iterator[tuple[bytes, list[bytes]]]:
+    """
+    Yield the end-to-end headers of C{headers}, in their order.
+
+    @param also_drop: further lowercase names to leave out.
+    """
+    drop = HOP_BY_HOP | connection_named(headers) | frozenset(also_drop)
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in drop:
+            yield name, list(values)
+
+
+def append_forwarded_for(headers: Headers, client_ip: str | None) -> None:
+    """
+    Append the client's address to C{X-Forwarded-For}.
+    """
+    if client_ip is None:
+        return
+    existing = headers.getRawHeaders(b"x-forwarded-for")
+    own = client_ip.encode("ascii", "replace")
+    if existing:
+        headers.setRawHeaders(b"x-forwarded-for", [b", ".join([*existing, own])])
+    else:
+        headers.setRawHeaders(b"x-forwarded-for", [own])

@@ -1,0 +1,93 @@
+"""
+Assembly for embedding: L{build_proxy} wires a L{ProxyConfig} into a
+resource to serve and a service to start (health monitor, connection pool).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource
+
+from ._config import ProxyConfig
+from ._health import HealthMonitor, HealthState
+from ._resource import ProxyResource
+
+#: Idle upstream connections kept per host: enough for the concurrency of a
+#: busy process (Twisted's default, 2, opens a new connection per request).
+POOL_SIZE = 256
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without a log line per connection.
+    """
+
+    noisy = False
+
+
+@frozen
+class Proxy:
+    """
+    A proxy ready to embed.
+
+    @ivar resource: serve it from a L{twisted.web.server.Site} (as the root,
+        or a leaf at the configured prefix).
+    @ivar service: start it (health monitor) and stop it (closes pooled
+        connections), for instance as a child of the application's service.
+    @ivar health: the upstream's health, or L{None} with checks off.
+    """
+
+    resource: IResource
+    service: IService
+    health: HealthState | None
+
+
+class _PoolService(Service):
+    """
+    Closes the pooled upstream connections when stopped.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
+
+
+def build_proxy(config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> Proxy:
+    """
+    Build the proxy described by C{config}.
+
+    @param reactor: the reactor (time and TCP) that the proxy runs on.
+    @param agent: the HTTP client for upstream requests; by default a
+        persistent, pooled L{Agent} on C{reactor}.
+    """
+    clock: IReactorTime = reactor
+    service = MultiService()
+    if agent is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = POOL_SIZE
+        pool.cachedConnectionTimeout = 30
+        # Every retry is the retry loop's own, counted and policed there.
+        pool.retryAutomatically = False
+        pool._factory = _QuietClientFactory
+        agent = Agent(reactor, pool=pool)
+        _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
+    health: HealthState | None = None
+    health_url = config.health_url
+    if health_url is not None:
+        health = HealthState(clock, config.upstream)
+        HealthMonitor(
+            health, clock, agent, health_url, config.health_interval, config.health_timeout
+        ).setServiceParent(service)  # type: ignore[no-untyped-call]
+    resource = ProxyResource(config, clock, agent, health)
+    return Proxy(resource, service, health)

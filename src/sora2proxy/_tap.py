@@ -1,0 +1,175 @@
+"""
+The twistd plugin's options and service: C{twistd -n sora2proxy [options]}.
+
+This is the only module that picks the real reactor (lazily, in
+L{makeService}).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.web.server import Site
+
+from ._config import ConfigError, ProxyConfig, upstream_from_environment
+from ._proxy import build_proxy
+
+
+def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(option, f"must be {what}, got {text!r}") from None
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd sora2proxy}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Forward METHOD PREFIX/rest?query to METHOD UPSTREAM/rest?query, with health checks, "
+        "safe retries and JSON errors that say how to fix the problem."
+    )
+    optFlags = [
+        ["dev", None, "Show tracebacks in 500 error bodies (never otherwise)."],
+        [
+            "retry-all-methods",
+            None,
+            "Retry every method after any failure, even a POST the backend may already "
+            "have acted on (unsafe: can run a job twice).",
+        ],
+    ]
+    optParameters = [
+        [
+            "upstream",
+            None,
+            None,
+            "Backend base URL, base path included "
+            "[default: $SORA2PROXY_UPSTREAM, else $NEXT_PUBLIC_API_URL/api, else http://localhost:3101/api].",
+        ],
+        [
+            "prefix",
+            None,
+            "/api/proxy",
+            "Public path prefix, stripped before forwarding; '/' mounts at the root.",
+        ],
+        [
+            "health-path",
+            None,
+            "/api/health",
+            "Health-check path on the upstream's origin; '' disables checks.",
+        ],
+        ["health-interval", None, "5", "Seconds between health checks."],
+        ["health-timeout", None, "3", "Seconds a health check may take."],
+        ["attempts", None, "3", "Total tries per request, the first included."],
+        ["backoff", None, "1", "The wait before try k+1 is BACKOFF*k seconds."],
+        ["timeout", None, "30", "Seconds one try may take to get response headers."],
+        ["suggestion", None, "Run: npm run dev:api", "The how-to-fix line in error bodies."],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._environ = os.environ if environ is None else environ
+        self["listen"] = []
+        self.config: ProxyConfig | None = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Twisted server endpoint to listen on (repeatable) [default: tcp:3200].
+        """
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = self.to_config()
+            for endpoint in self.listen:
+                _check_endpoint(endpoint)
+        except ConfigError as e:
+            # One line naming the option, not twistd's usage text or a traceback.
+            raise SystemExit(f"sora2proxy: error: {e}") from None
+
+    @property
+    def listen(self) -> list[str]:
+        """
+        The listening endpoints, with the default when none was given.
+        """
+        return list(self["listen"]) or ["tcp:3200"]
+
+    def to_config(self) -> ProxyConfig:
+        """
+        @return: the validated configuration.
+        @raise ConfigError: for a bad value.
+        """
+        upstream = self["upstream"]
+        if upstream is None:
+            upstream = upstream_from_environment(self._environ)
+        return ProxyConfig(
+            upstream=upstream,
+            prefix=self["prefix"],
+            health_path=self["health-path"],
+            health_interval=_number("--health-interval", self["health-interval"]),
+            health_timeout=_number("--health-timeout", self["health-timeout"]),
+            attempts=_number("--attempts", self["attempts"], int),
+            backoff=_number("--backoff", self["backoff"]),
+            timeout=_number("--timeout", self["timeout"]),
+            suggestion=self["suggestion"],
+            dev=bool(self["dev"]),
+            retry_all_methods=bool(self["retry-all-methods"]),
+        )
+
+
+def _check_endpoint(description: str) -> None:
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
+        raise ConfigError("--listen", f"{description!r} is not a usable endpoint ({e})") from None
+
+
+def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IService:
+    """
+    The whole proxy as one service: a listener per endpoint and the proxy's
+    own service (health monitor, connection pool).
+    """
+    proxy = build_proxy(config, reactor)
+    top = MultiService()
+    proxy.service.setServiceParent(top)
+    site = _QuietSite(proxy.resource, reactor=reactor)  # type: ignore[no-untyped-call]
+    for description in listen:
+        endpoint = serverFromString(reactor, description)
+        StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    return top
+
+
+class _QuietSite(Site):
+    """
+    A site without Twisted's own access log: the proxy logs its own events.
+    """
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def makeService(options: Options) -> IService:
+    """
+    The twistd entry point.
+    """
+    from twisted.internet import reactor
+
+    assert options.config is not None
+    try:
+        return build_service(options.config, options.listen, reactor)
+    except (ValueError, OSError) as e:
+        sys.exit(f"sora2proxy: error: {e}")

@@ -1,0 +1,1 @@
+"""The sora2proxy test suite (runs under pytest and trial)."""

@@ -1,0 +1,200 @@
+"""
+Test helpers: real upstreams on loopback, a proxy on loopback, and an
+in-memory harness on a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import attrs
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from sora2proxy import ProxyConfig, build_proxy
+from sora2proxy._health import HealthState
+from sora2proxy._resource import ProxyResource
+
+reactor: Any = _reactor
+
+
+@attrs.define
+class Seen:
+    """One request as the upstream received it."""
+
+    method: bytes
+    uri: bytes
+    headers: Headers
+    body: bytes
+
+
+class RecordingUpstream(Resource):
+    """
+    An upstream that records every request and answers from C{behaviour}:
+    C{"echo"} (200 JSON), C{"status:N"}, C{"hang"}, C{"reset"}, C{"close"}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, behaviour: str = "echo", health: str = "ok") -> None:
+        super().__init__()
+        self.behaviour = behaviour
+        self.health = health
+        self.seen: list[Seen] = []
+        self.health_checks = 0
+        self.hanging: list[Request] = []
+        self.lost: list[Request] = []
+
+    def render(self, request: Request) -> bytes | int:
+        assert request.content is not None
+        body = request.content.read()
+        if request.path.endswith(b"/health"):
+            self.health_checks += 1
+            if self.health == "ok":
+                return b'{"status":"ok"}'
+            request.setResponseCode(503)
+            return b'{"status":"down"}'
+        self.seen.append(Seen(request.method, request.uri, request.requestHeaders.copy(), body))
+        behaviour = self.behaviour
+        if behaviour == "hang":
+            self.hanging.append(request)
+            request.notifyFinish().addErrback(lambda _: self.lost.append(request))
+            return NOT_DONE_YET
+        if behaviour == "reset":
+            request.transport.abortConnection()
+            return NOT_DONE_YET
+        if behaviour == "close":
+            request.transport.loseConnection()
+            return NOT_DONE_YET
+        if behaviour.startswith("status:"):
+            request.setResponseCode(int(behaviour.split(":")[1]))
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"from":"upstream"}'
+        request.setHeader(b"content-type", b"application/json")
+        request.responseHeaders.addRawHeader(b"set-cookie", b"a=1; Path=/")
+        request.responseHeaders.addRawHeader(b"set-cookie", b"b=2; Path=/")
+        answer = {
+            "method": request.method.decode(),
+            "uri": request.uri.decode("latin-1"),
+            "body": body.decode("latin-1"),
+        }
+        return json.dumps(answer).encode()
+
+
+class CountingSite(Site):
+    """A site that counts the TCP connections it accepted."""
+
+    noisy = False
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def refused_port() -> int:
+    """A loopback port with nothing listening on it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class LoopbackMixin:
+    """
+    For trial C{TestCase}s that run a real upstream and the proxy on loopback.
+    """
+
+    def start_upstream(self, resource: Resource) -> tuple[CountingSite, str]:
+        site = CountingSite(resource)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)  # type: ignore[attr-defined]
+        return site, f"http://127.0.0.1:{port.getHost().port}/api"
+
+    def start_proxy(self, **options: Any) -> tuple[str, Any]:
+        config = ProxyConfig(**options)
+        proxy = build_proxy(config, reactor)
+        proxy.service.startService()
+        site = Site(proxy.resource)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(proxy.service.stopService)  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)  # type: ignore[attr-defined]
+        return f"http://127.0.0.1:{port.getHost().port}", proxy
+
+    def client(self) -> Agent:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        return Agent(reactor, pool=pool)
+
+    @inlineCallbacks
+    def fetch(
+        self, method: bytes, url: str | bytes, body: bytes | None = None, headers: Headers | None = None
+    ) -> Any:
+        from twisted.web.client import FileBodyProducer
+        from io import BytesIO
+
+        raw = url.encode() if isinstance(url, str) else url
+        producer = None if body is None else FileBodyProducer(BytesIO(body))
+        response: IResponse = yield self.client().request(method, raw, headers or Headers(), producer)
+        content = yield readBody(response)
+        return response, content
+
+
+def json_of(content: bytes) -> Any:
+    return json.loads(content.decode("utf-8"))
+
+
+def wait(seconds: float) -> Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class MemoryHarness:
+    """
+    The proxy resource on a Clock, its upstream a twisted.web resource behind
+    a L{RequestTraversalAgent}, its clients a L{StubTreq}: no sockets.
+    """
+
+    def __init__(self, upstream: Resource, health: bool = False, **options: Any) -> None:
+        options.setdefault("upstream", "http://backend.test:3101/api")
+        self.config = ProxyConfig(**options)
+        self.clock = Clock()
+        self.upstream_agent = RequestTraversalAgent(upstream)
+        self.health = HealthState(self.clock, self.config.upstream) if health else None
+        self.resource = ProxyResource(self.config, self.clock, self.upstream_agent, self.health)
+        self.client = StubTreq(self.resource)
+
+    def flush(self) -> None:
+        for _ in range(5):
+            self.upstream_agent.flush()
+            self.client.flush()
+            self.clock.advance(0)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.flush()
+
+
+class Silent(Protocol):
+    pass
+
+
+__all__ = ["succeed"]
