@@ -12,6 +12,7 @@ C{sys.path} (L{twisted.plugin.pluginPackagePaths}).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.editable_wheel import editable_wheel
@@ -54,7 +55,7 @@ setup(
     cmdclass={"editable_wheel": EditableWithPlugins},
     version="0.1.0",
     description="A Twisted API proxy that knows when its backend is down and retries only what is safe.",
-    long_description=open(os.path.join(HERE, "README.rst"), encoding="utf-8").read(),
+    long_description=Path(HERE, "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.11",

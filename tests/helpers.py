@@ -147,8 +147,9 @@ class LoopbackMixin:
     def fetch(
         self, method: bytes, url: str | bytes, body: bytes | None = None, headers: Headers | None = None
     ) -> Any:
-        from twisted.web.client import FileBodyProducer
         from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
 
         raw = url.encode() if isinstance(url, str) else url
         producer = None if body is None else FileBodyProducer(BytesIO(body))

@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.defer import Deferred, fail
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.iweb import IAgent
-from zope.interface import implementer
-
 import treq
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from sora2proxy import ProxyConfig
 from sora2proxy._health import HealthState
@@ -106,9 +105,7 @@ class ForwardingTests(SynchronousTestCase):
         d = harness.client.get("http://proxy.test/api/proxy/a")
         harness.flush()
         response = self.successResultOf(d)
-        self.assertEqual(
-            response.headers.getRawHeaders("set-cookie"), ["a=1; Path=/", "b=2; Path=/"]
-        )
+        self.assertEqual(response.headers.getRawHeaders("set-cookie"), ["a=1; Path=/", "b=2; Path=/"])
 
     def test_new_request_id(self) -> None:
         """Without an X-Request-ID, the proxy makes one and sends it both ways."""
@@ -228,11 +225,11 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_reset_is_upstream_error(self) -> None:
         """A reset connection gives 502 UPSTREAM_ERROR."""
-        from twisted.python.failure import Failure
         from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
         from twisted.web._newclient import ResponseNeverReceived
 
-        harness, agent = scripted([ResponseNeverReceived([Failure(ConnectionLost())])] * 3)
+        harness, _agent = scripted([ResponseNeverReceived([Failure(ConnectionLost())])] * 3)
         d = harness.client.get("http://proxy.test/api/proxy/a")
         harness.flush()
         harness.advance(1)
@@ -246,7 +243,7 @@ class ErrorTableTests(SynchronousTestCase):
         """A DNS failure gives 502 UPSTREAM_ERROR."""
         from twisted.internet.error import DNSLookupError
 
-        harness, agent = scripted([DNSLookupError("nope")] * 3)
+        harness, _agent = scripted([DNSLookupError("nope")] * 3)
         d = harness.client.get("http://proxy.test/api/proxy/a")
         harness.flush()
         harness.advance(1)
@@ -271,7 +268,7 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_bug_is_500_without_traceback(self) -> None:
         """A bug in the proxy gives 500 INTERNAL, without a traceback unless --dev."""
-        harness, agent = scripted([ZeroDivisionError("boom")])
+        harness, _agent = scripted([ZeroDivisionError("boom")])
         d = harness.client.get("http://proxy.test/api/proxy/a")
         response, body = self.error_of(harness, d)
         self.assertEqual(response.code, 500)
@@ -282,7 +279,7 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_bug_traceback_with_dev(self) -> None:
         """With --dev, the 500 body carries the traceback."""
-        harness, agent = scripted([ZeroDivisionError("boom")], dev=True)
+        harness, _agent = scripted([ZeroDivisionError("boom")], dev=True)
         d = harness.client.get("http://proxy.test/api/proxy/a")
         response, body = self.error_of(harness, d)
         self.assertEqual(response.code, 500)
@@ -291,7 +288,7 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_html_for_browsers(self) -> None:
         """A browser asking for HTML gets a readable page with the same facts."""
-        harness, agent = scripted([ConnectionRefusedError()], attempts=1)
+        harness, _agent = scripted([ConnectionRefusedError()], attempts=1)
         d = harness.client.get("http://proxy.test/api/proxy/a", headers={"Accept": ["text/html"]})
         harness.flush()
         response = self.successResultOf(d)

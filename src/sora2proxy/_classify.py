@@ -87,6 +87,8 @@ def classify(failure: Failure) -> TryFailure | None:
         return TryFailure(UPSTREAM_ERROR, False, "DNS lookup of the upstream host failed")
     if isinstance(exc, error.TimeoutError):
         return TryFailure(TIMEOUT, False, "connecting to the upstream timed out")
+    if isinstance(exc, error.ConnectingCancelledError):
+        return TryFailure(UPSTREAM_ERROR, False, "the try was cancelled while connecting")
     if isinstance(exc, error.ConnectError):
         return TryFailure(UPSTREAM_ERROR, False, f"could not connect to the upstream ({exc})")
     if isinstance(exc, RequestNotSent):

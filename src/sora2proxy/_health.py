@@ -168,6 +168,8 @@ class HealthMonitor(Service):
         return drained.addCallback(judge)
 
     def _failed(self, failure: Failure) -> None:
+        if not self.running:
+            return  # cancelled by stopService: nothing was learnt
         try_failure = classify(failure)
         if failure.check(defer.TimeoutError):
             reason = f"health check timed out after {self._timeout:g} s"

@@ -16,6 +16,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from ._config import ProxyConfig
+from ._endpoints import UpstreamEndpoints
 from ._health import HealthMonitor, HealthState
 from ._resource import ProxyResource
 
@@ -80,7 +81,7 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: IAgent | None = None) 
         # Every retry is the retry loop's own, counted and policed there.
         pool.retryAutomatically = False
         pool._factory = _QuietClientFactory
-        agent = Agent(reactor, pool=pool)
+        agent = Agent.usingEndpointFactory(reactor, UpstreamEndpoints(reactor), pool=pool)
         _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
     health: HealthState | None = None
     health_url = config.health_url
