@@ -231,3 +231,24 @@ class DisconnectOverSockets(LoopbackMixin, TestCase):
         self.assertEqual(seen.getRawHeaders(b"x-forwarded-for"), [b"127.0.0.1"])
         host = seen.getRawHeaders(b"host")[0]
         self.assertEqual(host, url.split("/")[2].encode())
+
+
+class IPv6OverSockets(LoopbackMixin, TestCase):
+    @inlineCallbacks
+    def test_ipv6_upstream(self) -> Any:
+        """An upstream on [::1] is reached through the proxy."""
+        from .helpers import CountingSite
+
+        upstream = RecordingUpstream()
+        try:
+            port = reactor.listenTCP(0, CountingSite(upstream), interface="::1")
+        except Exception as e:  # pragma: no cover - a machine without IPv6
+            from twisted.trial.unittest import SkipTest
+
+            raise SkipTest(f"no IPv6 loopback: {e}") from None
+        self.addCleanup(port.stopListening)
+        url = f"http://[::1]:{port.getHost().port}/api"
+        proxy, _ = self.start_proxy(upstream=url, health_interval=0.5)
+        response, content = yield self.fetch(b"GET", proxy + "/api/proxy/six?x=1")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json_of(content)["uri"], "/api/six?x=1")

@@ -88,6 +88,21 @@ def _valid_upstream(_: object, attribute: attrs.Attribute[Any], value: str) -> N
         port = None
     if port is None or not 0 < port < 65536:
         raise ConfigError(option, f"{value!r} has an invalid port")
+    try:
+        ascii_url(value).to_text().encode("ascii")
+    except (ValueError, UnicodeError) as e:
+        raise ConfigError(option, f"{value!r} has an invalid host ({e})") from None
+
+
+def ascii_url(text: str) -> URL:
+    """
+    Parse C{text} and encode it as ASCII: IDNA for a host name, percent-escapes
+    for the path; an IP literal (IPv6 included) is kept as it is.
+    """
+    url = URL.from_text(text)
+    if ":" in url.host or all(part.isdigit() for part in url.host.split(".")):
+        return url.replace(host="ip.invalid").to_uri().replace(host=url.host)
+    return url.to_uri()
 
 
 def _valid_path(option: str, value: str, *, allow_empty: bool) -> None:
@@ -157,8 +172,7 @@ class ProxyConfig:
         The upstream's origin and base path, without a trailing slash: the
         forwarded URL is this plus the client's path.
         """
-        url = URL.from_text(self.upstream)
-        return url.to_uri().to_text().split("?")[0].rstrip("/").encode("ascii")
+        return ascii_url(self.upstream).to_text().rstrip("/").encode("ascii")
 
     @property
     def prefix_bytes(self) -> bytes:
@@ -174,7 +188,7 @@ class ProxyConfig:
         """
         if not self.health_path:
             return None
-        url = URL.from_text(self.upstream).to_uri()
+        url = ascii_url(self.upstream)
         origin = f"{url.scheme}://{url.authority()}"
         return (origin + self.health_path).encode("ascii", "strict")
 

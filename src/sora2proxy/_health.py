@@ -10,7 +10,6 @@ from typing import Any
 
 import treq
 from attrs import define, field
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -145,9 +144,9 @@ class HealthMonitor(Service):
         """
         Run one health check now and update the state; never fails.
         """
-        client = HTTPClient(self._agent)
-        answer: Deferred[Any] = client.get(
-            self._url, headers=Headers({b"user-agent": [b"sora2proxy-health"]})
+        # The agent itself, not treq.get: treq's URL handling rejects IPv6 literals.
+        answer: Deferred[Any] = self._agent.request(
+            b"GET", self._url, Headers({b"user-agent": [b"sora2proxy-health"]})
         )
         answer.addCallback(self._answered)
         answer.addTimeout(self._timeout, self._clock)

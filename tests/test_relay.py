@@ -1,0 +1,113 @@
+"""
+Response bodies over real sockets: streamed as they arrive, cut short when the
+upstream dies, and the upstream released when the client goes away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .helpers import LoopbackMixin, reactor, wait
+
+
+class StreamingUpstream(Resource):
+    """Sends a first event, then waits for C{release} before the rest or an abort."""
+
+    isLeaf = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__()
+        self.length = length
+        self.requests: list[Request] = []
+        self.lost: list[Request] = []
+
+    def render(self, request: Request) -> int:
+        self.requests.append(request)
+        request.setHeader(b"content-type", b"text/event-stream")
+        if self.length is not None:
+            request.setHeader(b"content-length", b"%d" % self.length)
+        request.write(b"data: first\n\n")
+        request.notifyFinish().addErrback(lambda _: self.lost.append(request))
+        return NOT_DONE_YET
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.first: Deferred[bytes] = Deferred()
+        self.done: Deferred[list[Failure]] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if not self.first.called:
+            self.first.callback(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self.done.callback([reason])
+
+
+class RelayTests(LoopbackMixin, TestCase):
+    @inlineCallbacks
+    def test_first_event_before_upstream_finishes(self) -> Any:
+        """A streamed response's first event reaches the client while the upstream is still sending."""
+        upstream = StreamingUpstream()
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        response = yield self.client().request(b"GET", (proxy + "/api/proxy/events").encode())
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"])
+        collect = Collect()
+        response.deliverBody(collect)
+        first = yield collect.first
+        self.assertEqual(first, b"data: first\n\n")
+        self.assertFalse(upstream.requests[0].finished)
+        upstream.requests[0].write(b"data: second\n\n")
+        upstream.requests[0].finish()
+        [reason] = yield collect.done
+        self.assertTrue(reason.check(ResponseDone))
+        self.assertEqual(b"".join(collect.chunks), b"data: first\n\ndata: second\n\n")
+
+    @inlineCallbacks
+    def test_upstream_dies_mid_body(self) -> Any:
+        """An upstream that dies mid-body gives the client a cut transfer, never a complete-looking one."""
+        for length in (1000, None):
+            upstream = StreamingUpstream(length)
+            _, url = self.start_upstream(upstream)
+            proxy, _ = self.start_proxy(upstream=url, health_path="")
+            response = yield self.client().request(b"GET", (proxy + "/api/proxy/video").encode())
+            collect = Collect()
+            response.deliverBody(collect)
+            yield collect.first
+            upstream.requests[0].transport.abortConnection()
+            [reason] = yield collect.done
+            self.assertFalse(reason.check(ResponseDone), (length, reason))
+            self.assertFalse(reason.check(PotentialDataLoss) and length is not None, reason)
+
+    @inlineCallbacks
+    def test_client_gone_mid_body(self) -> Any:
+        """A client that leaves mid-body makes the proxy close the upstream connection."""
+        upstream = StreamingUpstream()
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        response = yield self.client().request(b"GET", (proxy + "/api/proxy/events").encode())
+        collect = Collect()
+        response.deliverBody(collect)
+        yield collect.first
+        assert collect.transport is not None
+        collect.transport.stopProducing()  # the client closes its connection
+        for _ in range(100):
+            if upstream.lost:
+                break
+            yield wait(0.01)
+        self.assertEqual(len(upstream.lost), 1)
+
+
+__all__ = ["reactor"]
