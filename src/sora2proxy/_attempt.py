@@ -7,8 +7,8 @@ call to the HTTP client.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
-from typing import IO, Any
+from collections.abc import Generator
+from typing import IO
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -152,22 +152,3 @@ def forwarded_headers(request: Request, request_id: str, secure: bool) -> Header
     if host is not None and not headers.hasHeader(b"x-forwarded-host"):
         headers.setRawHeaders(b"x-forwarded-host", [host])
     return headers
-
-
-def try_sender(
-    agent: IAgent,
-    method: bytes,
-    url: bytes,
-    headers: Headers,
-    body: ReplayableBody | None,
-) -> Callable[[], Deferred[IResponse]]:
-    """
-    @return: a function that sends one try of the request and returns its
-        response's Deferred (cancellable: cancelling aborts the try).
-    """
-
-    def send() -> Deferred[IResponse]:
-        result: Deferred[Any] = agent.request(method, url, headers, body)
-        return result
-
-    return send

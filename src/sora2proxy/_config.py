@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from attrs import field, frozen
-from hyperlink import URL, DecodedURL
+from hyperlink import URL
 
 DEFAULT_UPSTREAM = "http://localhost:3101/api"
 
@@ -111,6 +111,8 @@ def _valid_path(option: str, value: str, *, allow_empty: bool) -> None:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(option, f"must start with '/', got {value!r}")
     _no_controls(option, value)
+    if not value.isascii():
+        raise ConfigError(option, f"must be ASCII (percent-encode other characters), got {value!r}")
     if "?" in value or "#" in value or " " in value:
         raise ConfigError(option, f"must be a plain path, got {value!r}")
 
@@ -128,14 +130,43 @@ def _valid_text(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
         raise ConfigError(option_name(attribute), f"must be text, got {value!r}")
 
 
+def _as_upstreams(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _valid_upstreams(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ConfigError("--upstream", "needs at least one URL")
+    for url in value:
+        _valid_upstream(_, attribute, url)
+    if len(set(value)) != len(value):
+        raise ConfigError("--upstream", "the same URL is given twice")
+
+
+def _valid_balance(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in BALANCE_CHOICES:
+        raise ConfigError("--balance", f"must be one of {', '.join(BALANCE_CHOICES)}, got {value!r}")
+
+
+def _whole_not_negative(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(option_name(attribute), f"must be a whole number of 0 or more, got {value!r}")
+
+
+BALANCE_CHOICES = ("round-robin", "least-in-flight")
+
+
 @frozen
 class ProxyConfig:
     """
     Every option of the proxy.  Values are validated on construction.
 
-    @ivar upstream: the backend's base URL, base path included.
+    @ivar upstreams: the backends' base URLs, base path included (the
+        keyword is C{upstream=}, a URL or a sequence of URLs).
     @ivar prefix: the public path prefix, stripped before forwarding.
-    @ivar health_path: the health check's path on the upstream's origin;
+    @ivar health_path: the health check's path on each upstream's origin;
         empty disables health checks.
     @ivar health_interval: seconds between health checks.
     @ivar health_timeout: seconds a health check may take.
@@ -145,9 +176,19 @@ class ProxyConfig:
     @ivar suggestion: the how-to-fix line of error bodies.
     @ivar dev: include tracebacks in 500 bodies.
     @ivar retry_all_methods: retry any method after any failure (unsafe).
+    @ivar max_retry_after: longest upstream C{Retry-After} waited for.
+    @ivar deadline: seconds for the whole request, tries and waits included; 0 is off.
+    @ivar jitter: full jitter on the backoff.
+    @ivar max_backoff: cap on one backoff wait.
+    @ivar retry_budget: retries allowed per request over a 10 s window.
+    @ivar balance: C{round-robin} or C{least-in-flight}.
+    @ivar eject_after: consecutive failures that eject an upstream; 0 is off.
+    @ivar eject_time: first cool-down of an ejected upstream, in seconds.
     """
 
-    upstream: str = field(default=DEFAULT_UPSTREAM, validator=_valid_upstream)
+    upstreams: tuple[str, ...] = field(
+        default=(DEFAULT_UPSTREAM,), converter=_as_upstreams, validator=_valid_upstreams, alias="upstream"
+    )
     prefix: str = field(default="/api/proxy", validator=_valid_prefix)
     health_path: str = field(default="/api/health", validator=_valid_health_path)
     health_interval: float = field(default=5.0, validator=_positive)
@@ -158,21 +199,28 @@ class ProxyConfig:
     suggestion: str = field(default="Run: npm run dev:api", validator=_valid_text)
     dev: bool = False
     retry_all_methods: bool = False
+    max_retry_after: float = field(default=10.0, validator=_not_negative)
+    deadline: float = field(default=0.0, validator=_not_negative)
+    jitter: bool = False
+    max_backoff: float = field(default=30.0, validator=_positive)
+    retry_budget: float = field(default=0.2, validator=_fraction)
+    balance: str = field(default="round-robin", validator=_valid_balance)
+    eject_after: int = field(default=5, validator=_whole_not_negative)
+    eject_time: float = field(default=30.0, validator=_positive)
 
     @property
-    def upstream_url(self) -> DecodedURL:
+    def upstream(self) -> str:
         """
-        The upstream base URL, parsed.
+        The first upstream's URL.
         """
-        return DecodedURL.from_text(self.upstream)
+        return self.upstreams[0]
 
     @property
     def upstream_base(self) -> bytes:
         """
-        The upstream's origin and base path, without a trailing slash: the
-        forwarded URL is this plus the client's path.
+        The first upstream's origin and base path (see L{base_of}).
         """
-        return ascii_url(self.upstream).to_text().rstrip("/").encode("ascii")
+        return base_of(self.upstreams[0])
 
     @property
     def prefix_bytes(self) -> bytes:
@@ -184,13 +232,27 @@ class ProxyConfig:
     @property
     def health_url(self) -> bytes | None:
         """
-        The full health-check URL, or L{None} when health checks are off.
+        The first upstream's health-check URL (see L{health_url_of}).
+        """
+        return self.health_url_of(self.upstreams[0])
+
+    def health_url_of(self, upstream: str) -> bytes | None:
+        """
+        The full health-check URL of C{upstream}, or L{None} when checks are off.
         """
         if not self.health_path:
             return None
-        url = ascii_url(self.upstream)
+        url = ascii_url(upstream)
         origin = f"{url.scheme}://{url.authority()}"
         return (origin + self.health_path).encode("ascii", "strict")
+
+
+def base_of(upstream: str) -> bytes:
+    """
+    The upstream's origin and base path without a trailing slash: the
+    forwarded URL is this plus the client's path.
+    """
+    return ascii_url(upstream).to_text().rstrip("/").encode("ascii")
 
 
 def upstream_from_environment(environ: Mapping[str, str]) -> str:

@@ -5,6 +5,7 @@ resource to serve and a service to start (health monitor, connection pool).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -15,10 +16,12 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
-from ._config import ProxyConfig
+from ._budget import RetryBudget
+from ._config import ProxyConfig, base_of
 from ._endpoints import UpstreamEndpoints
 from ._health import HealthMonitor, HealthState
 from ._resource import ProxyResource
+from ._upstreams import Balancer, Ejection, Upstream
 
 #: Idle upstream connections kept per host: enough for the concurrency of a
 #: busy process (Twisted's default, 2, opens a new connection per request).
@@ -42,12 +45,19 @@ class Proxy:
         or a leaf at the configured prefix).
     @ivar service: start it (health monitor) and stop it (closes pooled
         connections), for instance as a child of the application's service.
-    @ivar health: the upstream's health, or L{None} with checks off.
+    @ivar balancer: the upstreams, each with its health and ejection state.
     """
 
     resource: IResource
     service: IService
-    health: HealthState | None
+    balancer: Balancer
+
+    @property
+    def health(self) -> HealthState | None:
+        """
+        The first upstream's health, or L{None} with checks off.
+        """
+        return self.balancer.upstreams[0].health
 
 
 class _PoolService(Service):
@@ -64,13 +74,19 @@ class _PoolService(Service):
         return closed
 
 
-def build_proxy(config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> Proxy:
+def build_proxy(
+    config: ProxyConfig,
+    reactor: Any,
+    agent: IAgent | None = None,
+    random: Callable[[], float] | None = None,
+) -> Proxy:
     """
     Build the proxy described by C{config}.
 
     @param reactor: the reactor (time and TCP) that the proxy runs on.
     @param agent: the HTTP client for upstream requests; by default a
         persistent, pooled L{Agent} on C{reactor}.
+    @param random: the random source of backoff jitter (numbers in [0, 1)).
     """
     clock: IReactorTime = reactor
     service = MultiService()
@@ -83,12 +99,19 @@ def build_proxy(config: ProxyConfig, reactor: Any, agent: IAgent | None = None) 
         pool._factory = _QuietClientFactory
         agent = Agent.usingEndpointFactory(reactor, UpstreamEndpoints(reactor), pool=pool)
         _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
-    health: HealthState | None = None
-    health_url = config.health_url
-    if health_url is not None:
-        health = HealthState(clock, config.upstream)
-        HealthMonitor(
-            health, clock, agent, health_url, config.health_interval, config.health_timeout
-        ).setServiceParent(service)  # type: ignore[no-untyped-call]
-    resource = ProxyResource(config, clock, agent, health)
-    return Proxy(resource, service, health)
+    upstreams = []
+    for url in config.upstreams:
+        health: HealthState | None = None
+        health_url = config.health_url_of(url)
+        if health_url is not None:
+            health = HealthState(clock, url)
+            monitor = HealthMonitor(
+                health, clock, agent, health_url, config.health_interval, config.health_timeout
+            )
+            monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
+        ejection = Ejection(clock, config.eject_after, config.eject_time)
+        upstreams.append(Upstream(url, base_of(url), health, ejection))
+    balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
+    budget = RetryBudget(clock, config.retry_budget)
+    resource = ProxyResource(config, clock, agent, balancer, budget, random=random)
+    return Proxy(resource, service, balancer)

@@ -7,6 +7,8 @@ relayed to the client.
 from __future__ import annotations
 
 import math
+import random as _random
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -20,9 +22,11 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ._attempt import body_of, forwarded_headers, split_target, try_sender
-from ._config import ProxyConfig
+from ._attempt import body_of, forwarded_headers, split_target
+from ._budget import RetryBudget
+from ._config import ProxyConfig, base_of
 from ._errors import (
+    CIRCUIT_OPEN,
     ECONNREFUSED,
     HEALTH_CHECK_FAILED,
     INTERNAL,
@@ -36,6 +40,7 @@ from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
 from ._relay import BodyRelay, start_response
 from ._retry import GaveUp, RetryLoop, RetryPolicy
+from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
 
 
 @frozen
@@ -54,7 +59,7 @@ class RequestContext:
 @implementer(IResource)
 class ProxyResource:
     """
-    Forwards every request under the configured prefix to the upstream.
+    Forwards every request under the configured prefix to the upstreams.
 
     Mount it as a site's root (it matches the raw request path itself) or as
     a leaf anywhere in a resource tree whose paths it is configured for.
@@ -68,25 +73,52 @@ class ProxyResource:
         config: ProxyConfig,
         clock: IReactorTime,
         agent: IAgent,
-        health: HealthState | None = None,
+        balancer: Balancer | HealthState | None = None,
+        budget: RetryBudget | None = None,
         cooperator: Cooperator | None = None,
+        random: Callable[[], float] | None = None,
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
         @param agent: the HTTP client that sends tries upstream.
-        @param health: the upstream's health, read by the gate; L{None}
-            without health checks.
+        @param balancer: the upstreams with their health and ejection state;
+            by default built from C{config} (a L{HealthState} is taken as the
+            first upstream's health, for tests and simple embeddings).
+        @param budget: the retry budget shared by all requests; by default
+            one of C{config.retry_budget}.
         @param cooperator: schedules the writing of large request bodies.
+        @param random: random numbers in [0, 1) for backoff jitter.
         """
         self._config = config
         self._clock = clock
         self._agent = agent
-        self._health = health
+        if not isinstance(balancer, Balancer):
+            balancer = Balancer(
+                [
+                    Upstream(
+                        url,
+                        base_of(url),
+                        balancer if i == 0 else None,
+                        Ejection(clock, config.eject_after, config.eject_time),
+                    )
+                    for i, url in enumerate(config.upstreams)
+                ],
+                least_in_flight=config.balance == "least-in-flight",
+            )
+        self._balancer = balancer
+        self._budget = budget if budget is not None else RetryBudget(clock, config.retry_budget)
         self._cooperator = cooperator or Cooperator(
             scheduler=lambda work: clock.callLater(0, work), started=True
         )
-        self._policy = RetryPolicy(config.attempts, config.backoff, config.retry_all_methods)
-        self._base = config.upstream_base
+        self._random = random or _random.random
+        self._policy = RetryPolicy(
+            attempts=config.attempts,
+            backoff=config.backoff,
+            retry_all_methods=config.retry_all_methods,
+            jitter=config.jitter,
+            max_backoff=config.max_backoff,
+            max_retry_after=config.max_retry_after,
+        )
         self._prefix = config.prefix_bytes
 
     # IResource
@@ -123,32 +155,31 @@ class ProxyResource:
             path = context.path.partition("?")[0]
             self._error(context, NOT_FOUND, f"{path} is not under the proxy prefix {self._config.prefix}.", 0)
             return
-        if self._health is not None and self._health.down:
-            self._error(
-                context,
-                HEALTH_CHECK_FAILED,
-                f"The API backend at {self._config.upstream} is failing its health check "
-                f"({self._health.reason}); the request was not sent.",
-                0,
-                retry_after=self._config.health_interval,
-            )
+        first = self._balancer.choose()
+        if first is None:
+            self._unavailable(context)
             return
-        secure = bool(request.isSecure())
-        send = try_sender(
+        self._budget.record_request()
+        router = RequestRouter(
+            self._balancer,
             self._agent,
             request.method,
-            target.url(self._base),
-            forwarded_headers(request, context.request_id, secure),
+            target.rest + target.query,
+            forwarded_headers(request, context.request_id, bool(request.isSecure())),
             body_of(request, self._cooperator),
+            first,
         )
+        deadline = self._config.deadline
         loop = RetryLoop(
             self._clock,
             self._policy,
-            send,
+            router,
             request.method,
             request.requestHeaders.hasHeader(b"idempotency-key"),
             self._config.timeout,
-            self._health,
+            context.started + deadline if deadline else None,
+            self._budget,
+            self._random,
         )
         result = loop.run()
         relay: list[BodyRelay] = []
@@ -173,29 +204,59 @@ class ProxyResource:
                 return
             gave_up = failure.value
             if isinstance(gave_up, GaveUp):
-                self._gave_up(context, gave_up)
+                self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted)
             else:
                 self._internal_error(context, failure, loop.tries)
 
         result.addCallbacks(answered, failed).addErrback(self._internal_error_late, context, loop)
 
-    def _gave_up(self, context: RequestContext, gave_up: GaveUp) -> None:
+    def _unavailable(self, context: RequestContext) -> None:
+        upstreams = self._balancer.upstreams
+        ejected = [u for u in upstreams if u.ejection.ejected]
+        names = ", ".join(u.url for u in upstreams)
+        if len(ejected) == len(upstreams):
+            left = min(u.ejection.cooldown_left() for u in ejected)
+            failures = self._config.eject_after
+            self._error(
+                context,
+                CIRCUIT_OPEN,
+                f"The API backend at {names} failed {failures} times in a row and is ejected for "
+                f"{math.ceil(left)} s more; the request was not sent.",
+                0,
+                retry_after=left,
+            )
+            return
+        reasons = "; ".join(
+            f"{u.url}: {u.health.reason}" for u in upstreams if u.health is not None and u.health.down
+        )
+        self._error(
+            context,
+            HEALTH_CHECK_FAILED,
+            f"The API backend at {names} is failing its health check ({reasons}); the request was not sent.",
+            0,
+            retry_after=self._config.health_interval,
+        )
+
+    def _gave_up(self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool) -> None:
         kind = gave_up.failure.kind
         tries = gave_up.tries
-        upstream = self._config.upstream
         if kind is ECONNREFUSED:
             message = f"The API backend at {upstream} refused the connection ({tries} attempts)."
         elif kind is TIMEOUT:
             message = f"The API backend at {upstream} timed out: {gave_up.failure.reason} ({tries} attempts)."
         else:
             message = f"The API backend at {upstream} failed: {gave_up.failure.reason} ({tries} attempts)."
+        extra: dict[str, Any] = {"retryable": gave_up.retryable, "reason": gave_up.failure.reason}
+        if budget:
+            extra["retryBudgetExhausted"] = True
         self._error(
             context,
             kind,
             message,
             tries,
             retry_after=self._config.health_interval,
-            extra={"retryable": gave_up.retryable, "reason": gave_up.failure.reason},
+            extra=extra,
+            upstream=upstream,
         )
 
     def _error(
@@ -206,6 +267,7 @@ class ProxyResource:
         attempts: int,
         retry_after: float = 1.0,
         extra: dict[str, Any] | None = None,
+        upstream: str | None = None,
     ) -> None:
         error = ProxyError(
             kind=kind,
@@ -213,7 +275,7 @@ class ProxyResource:
             attempts=attempts,
             duration_ms=self._elapsed_ms(context),
             suggestion=self._config.suggestion,
-            upstream=self._config.upstream,
+            upstream=upstream or ", ".join(self._config.upstreams),
             request_id=context.request_id,
             retry_after=math.ceil(retry_after),
             extra=extra or {},

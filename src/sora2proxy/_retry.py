@@ -1,33 +1,39 @@
 """
-Retries: L{RetryPolicy} decides (pure, no I/O, no clock), L{RetryLoop} waits
+Retries: L{RetryPolicy} decides (pure: no I/O, no clock), L{RetryLoop} waits
 and sends (the only place that schedules a retry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
+from ._budget import RetryBudget
 from ._classify import TryFailure, TryTimedOut, classify
 
 #: RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
+#: Upstream answers that mean "try again": a gateway's own failures.
+RETRIED_STATUSES = frozenset({502, 503, 504})
+
 
 @frozen
 class RetryDecision:
     """
-    What to do after a failed try.
+    What to do after a try.
 
     @ivar retry: send another try.
     @ivar delay: seconds to wait before it.
-    @ivar retryable: whether the failure allowed a retry at all (C{False}
+    @ivar retryable: whether the outcome allowed a retry at all (C{False}
         when the request may have reached the upstream and is not safe to
         repeat); reported as C{details.retryable}.
     """
@@ -40,25 +46,39 @@ class RetryDecision:
 @frozen
 class RetryPolicy:
     """
-    The retry rules, as a pure function of the request and the failure.
+    The retry rules, as a pure function of the request and the outcome.
 
     @ivar attempts: total tries, the first included.
-    @ivar backoff: the wait before try k+1 is C{backoff * k}.
+    @ivar backoff: the wait before try k+1 is C{backoff * k} (capped at
+        C{max_backoff}; with C{jitter}, uniform in [0, that]).
     @ivar retry_all_methods: repeat any request after any failure, even one
         that may already have been acted on (the unsafe, original behaviour).
+    @ivar max_retry_after: the longest upstream C{Retry-After} honoured by
+        waiting; a longer one is passed to the client at once.
     """
 
     attempts: int
     backoff: float
     retry_all_methods: bool = False
+    jitter: bool = False
+    max_backoff: float = 30.0
+    max_retry_after: float = 10.0
 
-    def may_resend(self, method: bytes, has_idempotency_key: bool, failure: TryFailure) -> bool:
+    def may_resend(self, method: bytes, has_idempotency_key: bool, reached_upstream: bool) -> bool:
         """
-        @return: whether sending this request again after C{failure} is safe.
+        @return: whether sending this request again is safe.
         """
-        if not failure.reached_upstream or self.retry_all_methods:
+        if not reached_upstream or self.retry_all_methods:
             return True
         return method in IDEMPOTENT_METHODS or has_idempotency_key
+
+    def backoff_delay(self, tries_made: int, random: float = 1.0) -> float:
+        """
+        @param random: a number in [0, 1), used with jitter.
+        @return: the wait before try C{tries_made + 1}.
+        """
+        delay = min(self.max_backoff, self.backoff * tries_made)
+        return delay * random if self.jitter else delay
 
     def after_failure(
         self,
@@ -67,15 +87,47 @@ class RetryPolicy:
         failure: TryFailure,
         tries_made: int,
         time_left: float | None = None,
+        random: float = 1.0,
     ) -> RetryDecision:
         """
-        Decide whether try C{tries_made + 1} happens, and when.
+        Decide whether try C{tries_made + 1} happens after a failed try, and when.
 
         @param time_left: seconds left before the request's deadline, or
             L{None} without a deadline.
         """
-        retryable = self.may_resend(method, has_idempotency_key, failure)
-        delay = self.backoff * tries_made
+        retryable = self.may_resend(method, has_idempotency_key, failure.reached_upstream)
+        return self._schedule(retryable, tries_made, self.backoff_delay(tries_made, random), time_left)
+
+    def after_response(
+        self,
+        method: bytes,
+        has_idempotency_key: bool,
+        status: int,
+        retry_after: float | None,
+        tries_made: int,
+        time_left: float | None = None,
+        random: float = 1.0,
+    ) -> RetryDecision:
+        """
+        Decide whether an upstream answer is passed through or retried:
+        502, 503 and 504 are retried (after C{Retry-After} when the upstream
+        sent one), and so is a 429 with C{Retry-After}; everything else, and
+        a C{Retry-After} longer than C{max_retry_after}, is passed through.
+        """
+        if status not in RETRIED_STATUSES and not (status == 429 and retry_after is not None):
+            return RetryDecision(False, 0.0, False)
+        retryable = self.may_resend(method, has_idempotency_key, True)
+        if status in (429, 503) and retry_after is not None:
+            if retry_after > self.max_retry_after:
+                return RetryDecision(False, 0.0, retryable)
+            delay = retry_after
+        else:
+            delay = self.backoff_delay(tries_made, random)
+        return self._schedule(retryable, tries_made, delay, time_left)
+
+    def _schedule(
+        self, retryable: bool, tries_made: int, delay: float, time_left: float | None
+    ) -> RetryDecision:
         if not retryable or tries_made >= self.attempts:
             return RetryDecision(False, 0.0, retryable)
         if time_left is not None and delay >= time_left:
@@ -83,16 +135,41 @@ class RetryPolicy:
         return RetryDecision(True, delay, retryable)
 
 
-class TryObserver(Protocol):
+def parse_retry_after(values: list[bytes] | None, now: float) -> float | None:
     """
-    Told the outcome of every try (the health state listens).
+    @return: the seconds an upstream C{Retry-After} asks for (delay-seconds or
+        an HTTP date), or L{None} when absent or unreadable.
+    """
+    if not values:
+        return None
+    text = values[0].decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class TryRouter(Protocol):
+    """
+    Sends a request's tries and hears their outcomes (see L{RequestRouter}).
     """
 
-    def try_succeeded(self) -> None:
-        """A try got a response."""
+    def send(self) -> Deferred[IResponse]:
+        """Send the next try."""
 
-    def try_failed(self, failure: TryFailure) -> None:
-        """A try failed."""
+    def succeeded(self, response: IResponse) -> None:
+        """The latest try got a response."""
+
+    def failed(self, failure: TryFailure) -> None:
+        """The latest try failed."""
+
+    def cancelled(self) -> None:
+        """The request was abandoned."""
 
 
 class GaveUp(Exception):
@@ -117,23 +194,42 @@ def _timed_out(result: object, seconds: float) -> object:
     return result
 
 
+class _Discard(TwistedProtocol):
+    """
+    Reads and drops the body of an answer that is retried, so that its
+    connection can be reused; a large one is cut off instead.
+    """
+
+    LIMIT = 64 * 1024
+
+    def __init__(self) -> None:
+        self._seen = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen > self.LIMIT and self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
 @define
 class RetryLoop:
     """
-    Sends one request's tries, one at a time, until one gets a response or
-    the policy gives up.  L{run}'s Deferred is cancellable: that cancels the
-    try in flight or the wait before the next.
+    Sends one request's tries, one at a time, until one gets an answer to
+    pass on or the policy gives up.  L{run}'s Deferred is cancellable: that
+    cancels the try in flight or the wait before the next.
     """
 
     _clock: IReactorTime
     _policy: RetryPolicy
-    _send: Callable[[], Deferred[IResponse]]
+    _router: TryRouter
     _method: bytes
     _has_idempotency_key: bool
     _timeout: float
-    _observer: TryObserver | None = None
     _deadline: float | None = None
+    _budget: RetryBudget | None = None
+    _random: Callable[[], float] = field(default=lambda: 1.0)
     tries: int = 0
+    budget_exhausted: bool = False
     _pending: Deferred[None] | None = field(default=None, init=False)
     _wait: IDelayedCall | None = field(default=None, init=False)
     _result: Deferred[IResponse] | None = field(default=None, init=False)
@@ -143,8 +239,8 @@ class RetryLoop:
         """
         Start the first try.
 
-        @return: fires with the first response, or fails with L{GaveUp}, or
-            with the failure of a bug (not a network failure).
+        @return: fires with the response to pass on, or fails with L{GaveUp},
+            or with the failure of a bug (not a network failure).
         """
         self._result = Deferred(self._cancel)
         self._start_try()
@@ -152,6 +248,7 @@ class RetryLoop:
 
     def _cancel(self, _: Deferred[IResponse]) -> None:
         self._cancelled = True
+        self._router.cancelled()
         if self._wait is not None and self._wait.active():
             self._wait.cancel()
         if self._pending is not None:
@@ -170,7 +267,7 @@ class RetryLoop:
         if left is not None:
             timeout = max(0.0, min(timeout, left))
         try:
-            sent = self._send()
+            sent = self._router.send()
         except Exception:
             self._finish(Failure())
             return
@@ -179,11 +276,32 @@ class RetryLoop:
         if not pending.called:
             self._pending = pending
 
+    def _retry_allowed(self, wanted: bool) -> bool:
+        if not wanted:
+            return False
+        if self._budget is not None and not self._budget.allow_retry():
+            self.budget_exhausted = True
+            return False
+        return True
+
     def _answered(self, response: IResponse) -> None:
         self._pending = None
-        if self._observer is not None:
-            self._observer.try_succeeded()
-        self._finish(response)
+        self._router.succeeded(response)
+        retry_after = parse_retry_after(response.headers.getRawHeaders(b"retry-after"), self._clock.seconds())
+        decision = self._policy.after_response(
+            self._method,
+            self._has_idempotency_key,
+            response.code,
+            retry_after,
+            self.tries,
+            self._time_left(),
+            self._random(),
+        )
+        if not self._retry_allowed(decision.retry):
+            self._finish(response)
+            return
+        response.deliverBody(_Discard())
+        self._wait = self._clock.callLater(decision.delay, self._start_try)
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
@@ -193,12 +311,16 @@ class RetryLoop:
         if try_failure is None:
             self._finish(failure)
             return
-        if self._observer is not None:
-            self._observer.try_failed(try_failure)
+        self._router.failed(try_failure)
         decision = self._policy.after_failure(
-            self._method, self._has_idempotency_key, try_failure, self.tries, self._time_left()
+            self._method,
+            self._has_idempotency_key,
+            try_failure,
+            self.tries,
+            self._time_left(),
+            self._random(),
         )
-        if not decision.retry:
+        if not self._retry_allowed(decision.retry):
             self._finish(Failure(GaveUp(try_failure, self.tries, decision.retryable)))
             return
         self._wait = self._clock.callLater(decision.delay, self._start_try)
