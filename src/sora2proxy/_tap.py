@@ -43,6 +43,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["dev", None, "Show tracebacks in 500 error bodies (never otherwise)."],
+        ["jitter", None, "Full jitter: each backoff wait is uniform in [0, BACKOFF*k]."],
         [
             "retry-all-methods",
             None,
@@ -51,13 +52,6 @@ class Options(usage.Options):
         ],
     ]
     optParameters = [
-        [
-            "upstream",
-            None,
-            None,
-            "Backend base URL, base path included "
-            "[default: $SORA2PROXY_UPSTREAM, else $NEXT_PUBLIC_API_URL/api, else http://localhost:3101/api].",
-        ],
         [
             "prefix",
             None,
@@ -76,12 +70,20 @@ class Options(usage.Options):
         ["backoff", None, "1", "The wait before try k+1 is BACKOFF*k seconds."],
         ["timeout", None, "30", "Seconds one try may take to get response headers."],
         ["suggestion", None, "Run: npm run dev:api", "The how-to-fix line in error bodies."],
+        ["deadline", None, "0", "Seconds for a whole request, tries and waits included; 0 is off."],
+        ["max-backoff", None, "30", "Cap on one backoff wait, in seconds."],
+        ["max-retry-after", None, "10", "Longest upstream Retry-After the proxy waits for before retrying."],
+        ["retry-budget", None, "0.2", "Retries allowed per request over a 10 s window (at least 5/s)."],
+        ["balance", None, "round-robin", "round-robin or least-in-flight, across several --upstream."],
+        ["eject-after", None, "5", "Consecutive failures that eject an upstream for a cool-down; 0 is off."],
+        ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         self["listen"] = []
+        self["upstream"] = []
         self.config: ProxyConfig | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -89,6 +91,12 @@ class Options(usage.Options):
         Twisted server endpoint to listen on (repeatable) [default: tcp:3200].
         """
         self["listen"].append(endpoint)
+
+    def opt_upstream(self, url: str) -> None:
+        """
+        Backend base URL, base path included; repeatable [default: $SORA2PROXY_UPSTREAM, else $NEXT_PUBLIC_API_URL/api, else http://localhost:3101/api].
+        """  # noqa: E501
+        self["upstream"].append(url)
 
     def postOptions(self) -> None:
         try:
@@ -111,9 +119,7 @@ class Options(usage.Options):
         @return: the validated configuration.
         @raise ConfigError: for a bad value.
         """
-        upstream = self["upstream"]
-        if upstream is None:
-            upstream = upstream_from_environment(self._environ)
+        upstream = tuple(self["upstream"]) or (upstream_from_environment(self._environ),)
         return ProxyConfig(
             upstream=upstream,
             prefix=self["prefix"],
@@ -126,6 +132,14 @@ class Options(usage.Options):
             suggestion=self["suggestion"],
             dev=bool(self["dev"]),
             retry_all_methods=bool(self["retry-all-methods"]),
+            deadline=_number("--deadline", self["deadline"]),
+            jitter=bool(self["jitter"]),
+            max_backoff=_number("--max-backoff", self["max-backoff"]),
+            max_retry_after=_number("--max-retry-after", self["max-retry-after"]),
+            retry_budget=_number("--retry-budget", self["retry-budget"]),
+            balance=self["balance"],
+            eject_after=_number("--eject-after", self["eject-after"], int),
+            eject_time=_number("--eject-time", self["eject-time"]),
         )
 
 
