@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._health import HealthState
 from sora2proxy._resource import ProxyResource
+from sora2proxy._site import ProxySite
 
 reactor: Any = _reactor
 
@@ -132,8 +133,7 @@ class LoopbackMixin:
         config = ProxyConfig(**options)
         proxy = build_proxy(config, reactor)
         proxy.service.startService()
-        site = Site(proxy.resource)
-        site.noisy = False
+        site = ProxySite(proxy.resource, config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(proxy.service.stopService)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)  # type: ignore[attr-defined]

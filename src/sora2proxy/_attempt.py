@@ -20,7 +20,14 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ._headers import REQUEST_ID, SET_BY_CLIENT, append_forwarded_for, end_to_end
+from ._headers import (
+    REQUEST_ID,
+    SET_BY_CLIENT,
+    append_forwarded,
+    append_forwarded_for,
+    append_via,
+    end_to_end,
+)
 
 #: Bodies up to this size are written to the upstream in one go.
 SMALL_BODY = 64 * 1024
@@ -136,19 +143,29 @@ def body_of(request: Request, cooperator: Cooperator) -> ReplayableBody | None:
     return ReplayableBody(content, length, cooperator)
 
 
-def forwarded_headers(request: Request, request_id: str, secure: bool) -> Headers:
+def forwarded_headers(
+    request: Request, request_id: str, secure: bool, preserve_host: bool = False
+) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers, in order,
-    with C{X-Request-ID} and the C{X-Forwarded-*} set.
+    with C{X-Request-ID}, C{X-Forwarded-*}, C{Forwarded} and C{Via} set;
+    C{Host} is the upstream's (set by the HTTP client from the URL) unless
+    C{preserve_host}.
     """
     headers = Headers()
     for name, values in end_to_end(request.requestHeaders, SET_BY_CLIENT | {REQUEST_ID}):
         headers.setRawHeaders(name, values)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
     peer = request.getClientAddress()
-    append_forwarded_for(headers, getattr(peer, "host", None))
-    headers.setRawHeaders(b"x-forwarded-proto", [b"https" if secure else b"http"])
+    client_ip: str | None = getattr(peer, "host", None)
     host = request.getHeader(b"host")
-    if host is not None and not headers.hasHeader(b"x-forwarded-host"):
+    proto = b"https" if secure else b"http"
+    append_forwarded_for(headers, client_ip)
+    headers.setRawHeaders(b"x-forwarded-proto", [proto])
+    if host is not None:
         headers.setRawHeaders(b"x-forwarded-host", [host])
+        if preserve_host:
+            headers.setRawHeaders(b"host", [host])
+    append_forwarded(headers, client_ip, host, proto)
+    append_via(headers)
     return headers

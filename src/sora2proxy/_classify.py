@@ -17,7 +17,7 @@ from twisted.web._newclient import (
     ResponseNeverReceived,
 )
 
-from ._errors import ECONNREFUSED, TIMEOUT, UPSTREAM_ERROR, ErrorKind
+from ._errors import ECONNREFUSED, TIMEOUT, UPSTREAM_ERROR, UPSTREAM_TLS_ERROR, ErrorKind
 
 
 @frozen
@@ -30,11 +30,13 @@ class TryFailure:
         reached the upstream (refused, DNS failure, not connected in time,
         not sent); C{True} when it may have.
     @ivar reason: a few words for people (C{"connection refused"}).
+    @ivar permanent: another try cannot help (a certificate that does not verify).
     """
 
     kind: ErrorKind
     reached_upstream: bool
     reason: str
+    permanent: bool = False
 
 
 class TryTimedOut(Exception):
@@ -68,6 +70,20 @@ def _describe(exceptions: list[BaseException]) -> str:
     return "the upstream response failed"
 
 
+def _is_tls_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("OpenSSL", "service_identity"))
+
+
+def _tls_text(exc: BaseException) -> str:
+    text = str(exc)
+    if "certificate verify failed" in text:
+        return "the certificate does not verify against the trusted CAs"
+    if type(exc).__name__ in ("VerificationError", "CertificateError"):
+        return f"the certificate does not match the host ({text})"
+    return text or type(exc).__name__
+
+
 def classify(failure: Failure) -> TryFailure | None:
     """
     Turn the failure of one try into a L{TryFailure}.
@@ -95,6 +111,12 @@ def classify(failure: Failure) -> TryFailure | None:
         return TryFailure(UPSTREAM_ERROR, False, "the pooled connection closed before sending")
     if isinstance(exc, ResponseNeverReceived | RequestTransmissionFailed | ResponseFailed):
         reasons = _reasons(exc)
+        tls = [r for r in reasons if _is_tls_error(r)]
+        if tls:
+            # The handshake failed: the request, buffered until then, was never sent.
+            return TryFailure(
+                UPSTREAM_TLS_ERROR, False, f"TLS with the upstream failed: {_tls_text(tls[0])}", True
+            )
         if any(isinstance(r, CancelledError) for r in reasons):
             return TryFailure(UPSTREAM_ERROR, True, "the try was cancelled")
         return TryFailure(UPSTREAM_ERROR, True, _describe(reasons))

@@ -158,6 +158,18 @@ def _whole_not_negative(_: object, attribute: attrs.Attribute[Any], value: int) 
 BALANCE_CHOICES = ("round-robin", "least-in-flight")
 
 
+def _valid_ca(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        with open(value, "rb") as pem:
+            text = pem.read()
+    except OSError as e:
+        raise ConfigError("--upstream-ca", f"cannot read {value!r} ({e.strerror})") from None
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError("--upstream-ca", f"{value!r} holds no PEM certificate")
+
+
 @frozen
 class ProxyConfig:
     """
@@ -184,6 +196,10 @@ class ProxyConfig:
     @ivar balance: C{round-robin} or C{least-in-flight}.
     @ivar eject_after: consecutive failures that eject an upstream; 0 is off.
     @ivar eject_time: first cool-down of an ejected upstream, in seconds.
+    @ivar max_body: largest request body forwarded, in bytes (413 above).
+    @ivar preserve_host: send the client's C{Host} upstream, not the upstream's.
+    @ivar upstream_ca: a PEM file of CA certificates trusted for https
+        upstreams instead of the system's store.
     """
 
     upstreams: tuple[str, ...] = field(
@@ -207,6 +223,9 @@ class ProxyConfig:
     balance: str = field(default="round-robin", validator=_valid_balance)
     eject_after: int = field(default=5, validator=_whole_not_negative)
     eject_time: float = field(default=30.0, validator=_positive)
+    max_body: int = field(default=100 * 1024 * 1024, validator=_whole_not_negative)
+    preserve_host: bool = False
+    upstream_ca: str | None = field(default=None, validator=_valid_ca)
 
     @property
     def upstream(self) -> str:

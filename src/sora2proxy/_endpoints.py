@@ -17,9 +17,38 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
+
+
+@implementer(IPolicyForHTTPS)
+class PrivateCAPolicy:
+    """
+    Verifies https upstreams against the CA certificates of one PEM file
+    (C{--upstream-ca}) instead of the system's store.
+    """
+
+    def __init__(self, pem: bytes) -> None:
+        marker = b"-----END CERTIFICATE-----"
+        certificates = [
+            Certificate.loadPEM(block + marker) for block in pem.split(marker) if b"-----BEGIN" in block
+        ]
+        self._trust = trustRootFromCertificates(certificates)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return optionsForClientTLS(hostname.decode("ascii").strip("[]"), trustRoot=self._trust)
+
+
+def tls_policy(ca_file: str | None) -> IPolicyForHTTPS:
+    """
+    @return: the system's CA store by default, or the CAs of C{ca_file}.
+    """
+    if ca_file is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca_file, "rb") as pem:
+        return PrivateCAPolicy(pem.read())
 
 
 @implementer(IAgentEndpointFactory)

@@ -43,8 +43,11 @@ HEALTH_CHECK_FAILED = ErrorKind("HEALTH_CHECK_FAILED", 503, "Backend unhealthy",
 UPSTREAM_ERROR = ErrorKind("UPSTREAM_ERROR", 502, "Bad gateway")
 CIRCUIT_OPEN = ErrorKind("CIRCUIT_OPEN", 503, "Backend ejected", retry_after=True)
 NOT_FOUND = ErrorKind("NOT_FOUND", 404, "Not found")
+BODY_TOO_LARGE = ErrorKind("BODY_TOO_LARGE", 413, "Request body too large")
+UPSTREAM_TLS_ERROR = ErrorKind("UPSTREAM_TLS_ERROR", 502, "Upstream TLS failure")
 BAD_REQUEST = ErrorKind("BAD_REQUEST", 400, "Bad request")
 INTERNAL = ErrorKind("INTERNAL", 500, "Internal proxy error")
+NOT_IMPLEMENTED = ErrorKind("NOT_IMPLEMENTED", 501, "Not implemented")
 
 ERROR_KINDS: Mapping[str, ErrorKind] = {
     kind.error_type: kind
@@ -55,8 +58,11 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
         UPSTREAM_ERROR,
         CIRCUIT_OPEN,
         NOT_FOUND,
+        BODY_TOO_LARGE,
+        UPSTREAM_TLS_ERROR,
         BAD_REQUEST,
         INTERNAL,
+        NOT_IMPLEMENTED,
     )
 }
 

@@ -30,8 +30,12 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-#: Headers the HTTP client sets itself from the URL and the body.
-SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length"})
+#: Headers the HTTP client sets itself from the URL and the body; C{Expect}
+#: was answered by the proxy, which has the whole body already.
+SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length", b"expect"})
+
+#: How the proxy names itself in C{Via}.
+VIA = b"1.1 sora2proxy"
 
 _REQUEST_ID_SHAPE = re.compile(rb"\A[A-Za-z0-9._:@/+=-]{1,128}\Z")
 
@@ -87,3 +91,37 @@ def append_forwarded_for(headers: Headers, client_ip: str | None) -> None:
         headers.setRawHeaders(b"x-forwarded-for", [b", ".join([*existing, own])])
     else:
         headers.setRawHeaders(b"x-forwarded-for", [own])
+
+
+def append_via(headers: Headers) -> None:
+    """
+    Append the proxy to C{Via} (RFC 9110 section 7.6.3).
+    """
+    existing = headers.getRawHeaders(b"via")
+    headers.setRawHeaders(b"via", [b", ".join([*existing, VIA]) if existing else VIA])
+
+
+def _forwarded_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+def _forwarded_value(value: bytes) -> str:
+    text = value.decode("latin-1")
+    if all(c.isalnum() or c in "!#$%&'*+-.^_`|~:" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def append_forwarded(headers: Headers, client_ip: str | None, host: bytes | None, proto: bytes) -> None:
+    """
+    Append this hop to C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}.
+    """
+    parts = []
+    if client_ip is not None:
+        parts.append(f"for={_forwarded_node(client_ip)}")
+    if host is not None:
+        parts.append(f"host={_forwarded_value(host)}")
+    parts.append(f"proto={proto.decode('ascii')}")
+    element = ";".join(parts).encode("latin-1")
+    existing = headers.getRawHeaders(b"forwarded")
+    headers.setRawHeaders(b"forwarded", [b", ".join([*existing, element]) if existing else element])

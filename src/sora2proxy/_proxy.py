@@ -18,7 +18,7 @@ from twisted.web.resource import IResource
 
 from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
-from ._endpoints import UpstreamEndpoints
+from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
 from ._resource import ProxyResource
 from ._upstreams import Balancer, Ejection, Upstream
@@ -90,6 +90,7 @@ def build_proxy(
     """
     clock: IReactorTime = reactor
     service = MultiService()
+    endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = POOL_SIZE
@@ -97,7 +98,9 @@ def build_proxy(
         # Every retry is the retry loop's own, counted and policed there.
         pool.retryAutomatically = False
         pool._factory = _QuietClientFactory
-        agent = Agent.usingEndpointFactory(reactor, UpstreamEndpoints(reactor), pool=pool)
+        agent = Agent.usingEndpointFactory(
+            reactor, UpstreamEndpoints(reactor, tls_policy(config.upstream_ca)), pool=pool
+        )
         _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
     upstreams = []
     for url in config.upstreams:
@@ -113,5 +116,5 @@ def build_proxy(
         upstreams.append(Upstream(url, base_of(url), health, ejection))
     balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
     budget = RetryBudget(clock, config.retry_budget)
-    resource = ProxyResource(config, clock, agent, balancer, budget, random=random)
+    resource = ProxyResource(config, clock, agent, balancer, budget, random=random, endpoints=endpoints)
     return Proxy(resource, service, balancer)

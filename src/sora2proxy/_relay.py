@@ -16,7 +16,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._headers import REQUEST_ID, end_to_end
+from ._headers import REQUEST_ID, append_via, end_to_end
 
 
 class BodyRelay(Protocol):
@@ -79,12 +79,57 @@ class BodyRelay(Protocol):
         self._done(reason)
 
 
-def start_response(request: Request, response: IResponse, request_id: str) -> None:
+def rewrite_location(value: bytes, upstream_base: bytes, public_base: bytes, prefix: bytes) -> bytes:
     """
-    Copy the upstream's status and end-to-end headers onto the response.
+    Point a C{Location} or C{Content-Location} that names the upstream's own
+    base URL at the proxy's public prefix instead (as nginx's
+    C{proxy_redirect default} does); also an absolute path under the
+    upstream's base path.  Anything else is kept as sent.
+
+    @param upstream_base: the upstream's origin and base path (no trailing slash).
+    @param public_base: the proxy's origin as the client used it (C{scheme://host}).
+    @param prefix: the public prefix (no trailing slash).
+    """
+    if _under(value, upstream_base):
+        return public_base + prefix + value[len(upstream_base) :]
+    if value.startswith(b"/") and not value.startswith(b"//"):
+        base_path = b"/" + upstream_base.split(b"/", 3)[3] if upstream_base.count(b"/") >= 3 else b""
+        if _under(value, base_path):
+            return prefix + value[len(base_path) :] or b"/"
+    return value
+
+
+def _under(value: bytes, base: bytes) -> bool:
+    if not value.startswith(base):
+        return False
+    rest = value[len(base) : len(base) + 1]
+    return rest in (b"", b"/", b"?", b"#")
+
+
+def start_response(
+    request: Request,
+    response: IResponse,
+    request_id: str,
+    upstream_base: bytes = b"",
+    prefix: bytes = b"",
+) -> None:
+    """
+    Copy the upstream's status and end-to-end headers onto the response,
+    with C{Via} and redirects to the upstream pointed at the proxy.
     """
     request.setResponseCode(response.code, response.phrase)
     headers = request.responseHeaders
     for name, values in end_to_end(response.headers):
+        lower = name.lower()
+        if upstream_base and lower in (b"location", b"content-location"):
+            public = _public_base(request)
+            values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
         headers.setRawHeaders(name, values)
+    append_via(headers)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+
+
+def _public_base(request: Request) -> bytes:
+    scheme = b"https" if request.isSecure() else b"http"
+    host = request.getHeader(b"host") or b"localhost"
+    return scheme + b"://" + host

@@ -17,7 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.client import URI
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -26,11 +27,13 @@ from ._attempt import body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._errors import (
+    BODY_TOO_LARGE,
     CIRCUIT_OPEN,
     ECONNREFUSED,
     HEALTH_CHECK_FAILED,
     INTERNAL,
     NOT_FOUND,
+    NOT_IMPLEMENTED,
     TIMEOUT,
     ErrorKind,
     ProxyError,
@@ -40,7 +43,9 @@ from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
 from ._relay import BodyRelay, start_response
 from ._retry import GaveUp, RetryLoop, RetryPolicy
+from ._site import body_too_large_message, raw_error
 from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
+from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 
 @frozen
@@ -77,6 +82,7 @@ class ProxyResource:
         budget: RetryBudget | None = None,
         cooperator: Cooperator | None = None,
         random: Callable[[], float] | None = None,
+        endpoints: IAgentEndpointFactory | None = None,
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
@@ -88,7 +94,10 @@ class ProxyResource:
             one of C{config.retry_budget}.
         @param cooperator: schedules the writing of large request bodies.
         @param random: random numbers in [0, 1) for backoff jitter.
+        @param endpoints: where WebSocket tunnels connect; without it a
+            WebSocket upgrade is answered 501.
         """
+        self._endpoints = endpoints
         self._config = config
         self._clock = clock
         self._agent = agent
@@ -155,17 +164,26 @@ class ProxyResource:
             path = context.path.partition("?")[0]
             self._error(context, NOT_FOUND, f"{path} is not under the proxy prefix {self._config.prefix}.", 0)
             return
+        if _body_length(request) > self._config.max_body:
+            # Only reached when the site is not a ProxySite (an embedding's own).
+            self._error(context, BODY_TOO_LARGE, body_too_large_message(self._config.max_body), 0)
+            return
         first = self._balancer.choose()
         if first is None:
             self._unavailable(context)
             return
         self._budget.record_request()
+        if wants_websocket(request):
+            self._tunnel(context, target.rest + target.query, first)
+            return
         router = RequestRouter(
             self._balancer,
             self._agent,
             request.method,
             target.rest + target.query,
-            forwarded_headers(request, context.request_id, bool(request.isSecure())),
+            forwarded_headers(
+                request, context.request_id, bool(request.isSecure()), self._config.preserve_host
+            ),
             body_of(request, self._cooperator),
             first,
         )
@@ -193,7 +211,7 @@ class ProxyResource:
         request.notifyFinish().addErrback(client_gone)
 
         def answered(response: IResponse) -> None:
-            start_response(request, response, context.request_id)
+            start_response(request, response, context.request_id, router.current.base, self._prefix)
             body = BodyRelay(request, lambda outcome: self._done(context, loop.tries, response.code, outcome))
             relay.append(body)
             response.deliverBody(body)
@@ -209,6 +227,39 @@ class ProxyResource:
                 self._internal_error(context, failure, loop.tries)
 
         result.addCallbacks(answered, failed).addErrback(self._internal_error_late, context, loop)
+
+    def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:
+        request = context.request
+        if self._endpoints is None:
+            self._error(context, NOT_IMPLEMENTED, "WebSocket tunnelling is not set up here.", 0)
+            return
+        url = upstream.base + rest
+        secure = bool(request.isSecure())
+        headers = forwarded_headers(request, context.request_id, secure, self._config.preserve_host)
+
+        def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:
+            details = {
+                "attempts": tries,
+                "durationMs": self._elapsed_ms(context),
+                "suggestion": self._config.suggestion,
+                "upstream": upstream.url,
+                "requestId": context.request_id,
+                "reason": reason,
+            }
+            message = f"The API backend at {upstream.url} failed the WebSocket handshake: {reason}."
+            self._log_access(context, kind.status, tries, kind.error_type)
+            return raw_error(kind, message, details, context.request_id)
+
+        Tunnel(
+            self._clock,
+            self._policy,
+            self._endpoints.endpointForURI(URI.fromBytes(url)),
+            handshake_bytes(request.method, url, headers, self._config.preserve_host),
+            context.request_id,
+            self._config.timeout,
+            answer,
+            lambda tries: self._log_access(context, 101, tries, ""),
+        ).start(request)
 
     def _unavailable(self, context: RequestContext) -> None:
         upstreams = self._balancer.upstreams
@@ -329,6 +380,16 @@ class ProxyResource:
             request_id=context.request_id,
             upstream=self._config.upstream,
         )
+
+
+def _body_length(request: Request) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    length: int = content.tell()
+    content.seek(0)
+    return length
 
 
 def _client_connected(request: Request) -> bool:

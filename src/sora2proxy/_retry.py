@@ -95,7 +95,9 @@ class RetryPolicy:
         @param time_left: seconds left before the request's deadline, or
             L{None} without a deadline.
         """
-        retryable = self.may_resend(method, has_idempotency_key, failure.reached_upstream)
+        retryable = not failure.permanent and self.may_resend(
+            method, has_idempotency_key, failure.reached_upstream
+        )
         return self._schedule(retryable, tries_made, self.backoff_delay(tries_made, random), time_left)
 
     def after_response(

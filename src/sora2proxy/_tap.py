@@ -17,10 +17,10 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
-from twisted.web.server import Site
 
 from ._config import ConfigError, ProxyConfig, upstream_from_environment
 from ._proxy import build_proxy
+from ._site import ProxySite
 
 
 def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
@@ -44,6 +44,7 @@ class Options(usage.Options):
     optFlags = [
         ["dev", None, "Show tracebacks in 500 error bodies (never otherwise)."],
         ["jitter", None, "Full jitter: each backoff wait is uniform in [0, BACKOFF*k]."],
+        ["preserve-host", None, "Send the client's Host header upstream instead of the upstream's."],
         [
             "retry-all-methods",
             None,
@@ -76,6 +77,8 @@ class Options(usage.Options):
         ["retry-budget", None, "0.2", "Retries allowed per request over a 10 s window (at least 5/s)."],
         ["balance", None, "round-robin", "round-robin or least-in-flight, across several --upstream."],
         ["eject-after", None, "5", "Consecutive failures that eject an upstream for a cool-down; 0 is off."],
+        ["max-body", None, str(100 * 1024 * 1024), "Largest request body forwarded, in bytes (413 above)."],
+        ["upstream-ca", None, None, "PEM file of CA certificates trusted for https upstreams."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
 
@@ -140,6 +143,9 @@ class Options(usage.Options):
             balance=self["balance"],
             eject_after=_number("--eject-after", self["eject-after"], int),
             eject_time=_number("--eject-time", self["eject-time"]),
+            max_body=_number("--max-body", self["max-body"], int),
+            preserve_host=bool(self["preserve-host"]),
+            upstream_ca=self["upstream-ca"],
         )
 
 
@@ -158,22 +164,11 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
     proxy = build_proxy(config, reactor)
     top = MultiService()
     proxy.service.setServiceParent(top)
-    site = _QuietSite(proxy.resource, reactor=reactor)  # type: ignore[no-untyped-call]
+    site = ProxySite(proxy.resource, config, reactor=reactor)
     for description in listen:
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, site).setServiceParent(top)
     return top
-
-
-class _QuietSite(Site):
-    """
-    A site without Twisted's own access log: the proxy logs its own events.
-    """
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
 
 
 def makeService(options: Options) -> IService:

@@ -1,0 +1,118 @@
+"""
+The proxy's HTTP server side: L{ProxySite} and L{ProxyRequest}, which refuse
+a request body over C{--max-body} as soon as its length is known (from
+C{Content-Length}, before reading it and before any C{100 Continue}; or while
+a chunked body arrives), and keep Twisted's own access log quiet (the proxy
+logs its own events).
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from twisted.web.server import Request, Site
+
+from ._config import ProxyConfig
+from ._errors import BODY_TOO_LARGE, ErrorKind
+from ._headers import request_id_from
+
+#: Sent instead of reading a body that is too large.
+_CLOSE = b"connection: close\r\n"
+
+
+def body_too_large_message(limit: int) -> str:
+    """
+    @return: the message of a 413 for a body over C{limit} bytes.
+    """
+    return f"The request body is larger than the proxy's limit of {limit} bytes (--max-body)."
+
+
+def raw_error(kind: ErrorKind, message: str, details: dict[str, Any], request_id: str) -> bytes:
+    """
+    A whole HTTP/1.1 error response as bytes, for a connection the proxy is
+    about to close without going through twisted.web's request machinery.
+    """
+    body = json.dumps(
+        {"error": kind.title, "message": message, "details": {"errorType": kind.error_type, **details}}
+    ).encode("utf-8")
+    phrase = HTTPStatus(kind.status).phrase.encode("ascii")
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"x-request-id: %s\r\n%s\r\n"
+    ) % (kind.status, phrase, len(body), request_id.encode("ascii"), _CLOSE)
+    return head + body
+
+
+class ProxyRequest(Request):
+    """
+    A request that refuses a body over the site's C{max_body}.
+    """
+
+    _rejected = False
+    _received = 0
+
+    def _limit(self) -> ProxyConfig | None:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "config", None)
+
+    def gotLength(self, length: int | None) -> None:
+        config = self._limit()
+        if config is not None and length is not None and length > config.max_body:
+            # Answer at once: no 100 Continue, no reading of the body.
+            self.requestHeaders.removeHeader(b"expect")
+            self._reject(config)
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self._received += len(data)
+        config = self._limit()
+        if config is not None and self._received > config.max_body:
+            self._reject(config)
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def _reject(self, config: ProxyConfig) -> None:
+        self._rejected = True
+        request_id = request_id_from(self.requestHeaders)
+        details = {
+            "attempts": 0,
+            "durationMs": 0,
+            "suggestion": f"Send at most {config.max_body} bytes, or raise the proxy's --max-body.",
+            "upstream": ", ".join(config.upstreams),
+            "requestId": request_id,
+            "maxBody": config.max_body,
+        }
+        response = raw_error(BODY_TOO_LARGE, body_too_large_message(config.max_body), details, request_id)
+        channel = self.channel
+        assert channel is not None
+        assert channel.transport is not None
+        channel.transport.write(response)
+        channel.loseConnection()
+
+
+class ProxySite(Site):
+    """
+    The site that serves the proxy: its requests are L{ProxyRequest}s.
+
+    @ivar config: the proxy's configuration (its C{max_body}).
+    """
+
+    noisy = False
+    requestFactory = ProxyRequest
+
+    def __init__(self, resource: Any, config: ProxyConfig, reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)  # type: ignore[no-untyped-call]
+        self.config = config
+
+    def log(self, request: Any) -> None:
+        pass
