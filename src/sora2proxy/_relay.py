@@ -13,10 +13,11 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._headers import REQUEST_ID, append_via, end_to_end
+from ._headers import REQUEST_ID, append_via, connection_named, end_to_end
 
 
 class BodyRelay(Protocol):
@@ -119,14 +120,39 @@ def start_response(
     """
     request.setResponseCode(response.code, response.phrase)
     headers = request.responseHeaders
-    for name, values in end_to_end(response.headers):
+    named = connection_named(_connection_headers(response))
+    for name, values in end_to_end(response.headers, named):
         lower = name.lower()
         if upstream_base and lower in (b"location", b"content-location"):
             public = _public_base(request)
             values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
         headers.setRawHeaders(name, values)
+    length = response.length
+    if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
+        # Twisted's client keeps Content-Length apart; the client gets the same framing.
+        headers.setRawHeaders(b"content-length", [b"%d" % length])
     append_via(headers)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+
+
+def _connection_headers(response: IResponse) -> Headers:
+    """
+    The upstream's C{Connection} header, which Twisted's HTTP client keeps
+    apart from C{response.headers} on its parser.  Reached through private
+    attributes, with an empty answer if Twisted changes them
+    (C{tests/test_fidelity.py} checks that it works with the Twisted in use).
+    """
+    layer = getattr(getattr(response, "_transport", None), "_producer", None)
+    for _ in range(4):  # TCP transport -> endpoint wrapper -> (TLS ->) HTTP11ClientProtocol
+        if layer is None or hasattr(layer, "_parser"):
+            break
+        layer = (
+            getattr(layer, "wrappedProtocol", None)
+            or getattr(layer, "_wrappedProtocol", None)
+            or getattr(layer, "protocol", None)
+        )
+    found = getattr(getattr(layer, "_parser", None), "connHeaders", None)
+    return found if isinstance(found, Headers) else Headers()
 
 
 def _public_base(request: Request) -> bytes:

@@ -35,6 +35,7 @@ from ._errors import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     TIMEOUT,
+    UPSTREAM_TLS_ERROR,
     ErrorKind,
     ProxyError,
     write_error,
@@ -298,6 +299,12 @@ class ProxyResource:
         else:
             message = f"The API backend at {upstream} failed: {gave_up.failure.reason} ({tries} attempts)."
         extra: dict[str, Any] = {"retryable": gave_up.retryable, "reason": gave_up.failure.reason}
+        suggestion = None
+        if kind is UPSTREAM_TLS_ERROR:
+            suggestion = (
+                "Check the upstream's certificate, or trust its CA with --upstream-ca FILE "
+                "(the proxy never falls back to an unverified connection)."
+            )
         if budget:
             extra["retryBudgetExhausted"] = True
         self._error(
@@ -308,6 +315,7 @@ class ProxyResource:
             retry_after=self._config.health_interval,
             extra=extra,
             upstream=upstream,
+            suggestion=suggestion,
         )
 
     def _error(
@@ -319,13 +327,14 @@ class ProxyResource:
         retry_after: float = 1.0,
         extra: dict[str, Any] | None = None,
         upstream: str | None = None,
+        suggestion: str | None = None,
     ) -> None:
         error = ProxyError(
             kind=kind,
             message=message,
             attempts=attempts,
             duration_ms=self._elapsed_ms(context),
-            suggestion=self._config.suggestion,
+            suggestion=suggestion or self._config.suggestion,
             upstream=upstream or ", ".join(self._config.upstreams),
             request_id=context.request_id,
             retry_after=math.ceil(retry_after),
