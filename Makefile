@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint types unit clean
+.PHONY: run test lint types unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ unit: $(STAMP)
 	$(BIN)/coverage report
 
 test: lint types unit
+
+# A benchmark, not a test: prints figures, never fails the build.
+bench: $(STAMP)
+	-$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .coverage .coverage.* _trial_temp
