@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor
+from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, wait
 
 
 class FidelityUpstream(Resource):
@@ -364,3 +364,65 @@ class TLSTests(LoopbackMixin, TestCase):
         yield readBody(response)
         self.assertEqual(response.code, 200)
         self.assertEqual(upstream.seen[0].headers.getRawHeaders(b"x-forwarded-proto"), [b"https"])
+
+
+class WebSocketEdgeTests(LoopbackMixin, TestCase):
+    HANDSHAKE = (
+        b"GET /api/proxy/ws HTTP/1.1\r\nHost: p\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    @inlineCallbacks
+    def send(self, proxy: str) -> Any:
+        port = int(proxy.rsplit(":", 1)[1])
+        client = Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        assert client.transport is not None
+        client.transport.write(self.HANDSHAKE)
+        received = yield client.closed
+        return received
+
+    @inlineCallbacks
+    def test_refused_upgrade_passed_on(self) -> Any:
+        """An upstream that refuses the upgrade (403) has its answer passed on, then the connection closes."""
+        upstream = RecordingUpstream("status:403")
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        received = yield self.send(proxy)
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 403"), head)
+        self.assertIn(b"Connection: close", head)
+        self.assertIn(b"x-request-id: ", head.lower())
+        self.assertEqual(body, b'{"from":"upstream"}')
+        seen = upstream.seen[0].headers
+        self.assertEqual(seen.getRawHeaders(b"upgrade"), [b"websocket"])
+        self.assertEqual(seen.getRawHeaders(b"sec-websocket-key"), [b"dGhlIHNhbXBsZSBub25jZQ=="])
+
+    @inlineCallbacks
+    def test_hanging_handshake_times_out(self) -> Any:
+        """An upstream that never answers the handshake gives 504 TIMEOUT after --timeout."""
+        upstream = RecordingUpstream("hang")
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="", timeout=0.3)
+        received = yield self.send(proxy)
+        self.assertTrue(received.startswith(b"HTTP/1.1 504"), received)
+        self.assertEqual(json.loads(received.partition(b"\r\n\r\n")[2])["details"]["errorType"], "TIMEOUT")
+
+    @inlineCallbacks
+    def test_health_gate_applies(self) -> Any:
+        """While the upstream is known down, a WebSocket upgrade fails fast like any request."""
+        upstream = RecordingUpstream(health="down")
+        _, url = self.start_upstream(upstream)
+        proxy, p = self.start_proxy(upstream=url, health_interval=30)
+        for _ in range(100):
+            if p.health.down:
+                break
+            yield wait(0.01)
+        response, content = yield self.fetch(
+            b"GET",
+            proxy + "/api/proxy/ws",
+            headers=Headers({b"upgrade": [b"websocket"], b"connection": [b"upgrade"]}),
+        )
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json_of(content)["details"]["errorType"], "HEALTH_CHECK_FAILED")
+        self.assertEqual(upstream.seen, [])
