@@ -83,8 +83,8 @@ def main() -> None:
              "tcp:0:interface=127.0.0.1"], r"Site starting on (\d+)")  # fmt: skip
         proxy, port = start(
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--upstream", f"http://127.0.0.1:{up_port}", "--prefix", "/", "--health-path", "/"],
-            r"starting on (\d+)")  # fmt: skip
+             "--upstream", f"http://127.0.0.1:{up_port}", "--prefix", "/", "--health-path", "/", "--admin-listen", "none"],
+            r"ProxySite starting on (\d+)")  # fmt: skip
         try:
             time.sleep(0.5)
             before = rss_mib(proxy.pid)

@@ -83,9 +83,9 @@ class NewUserTests(SynchronousTestCase):
             self,
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen",
              "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}/api",
-             "--health-interval", "0.5"],
+             "--health-interval", "0.5", "--admin-listen", "none"],
         )  # fmt: skip
-        port = proxy.wait_for(r"starting on (\d+)").group(1)
+        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         url = f"http://127.0.0.1:{port}/api/proxy/users"
         time.sleep(0.2)
         status, headers, body = get(url)

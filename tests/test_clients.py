@@ -97,9 +97,9 @@ class RequestsThroughProxyTests(SynchronousTestCase):
             self,
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--prefix", "/",
              "--listen", "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}",
-             "--health-path", "/status/200"],
+             "--health-path", "/status/200", "--admin-listen", "none"],
         )  # fmt: skip
-        proxy_port = proxy.wait_for(r"starting on (\d+)").group(1)
+        proxy_port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         self.direct = f"http://127.0.0.1:{backend_port}"
         self.proxied = f"http://127.0.0.1:{proxy_port}"
 

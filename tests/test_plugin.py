@@ -120,13 +120,22 @@ class MakeServiceTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         options = Options(environ={})
-        options.parseOptions(["--listen", "tcp:0", "--listen", "tcp:0:interface=127.0.0.1"])
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:0",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--admin-listen",
+                "tcp:0:interface=::1",
+            ]
+        )
         assert options.config is not None
         reactor = MemoryReactorClock()
         service = build_service(options.config, options.listen, reactor)
         assert IServiceCollection.providedBy(service)
         service.startService()
-        self.assertEqual(len(reactor.tcpServers), 2)
-        self.assertEqual(reactor.tcpServers[1][3], "127.0.0.1")
+        self.assertEqual(len(reactor.tcpServers), 3, "admin and two public listeners")
+        self.assertEqual(reactor.tcpServers[2][3], "127.0.0.1")
         self.assertEqual(len(reactor.tcpClients), 1, "the first health check connects at once")
         service.stopService()

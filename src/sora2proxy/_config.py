@@ -156,6 +156,17 @@ def _whole_not_negative(_: object, attribute: attrs.Attribute[Any], value: int) 
 
 
 BALANCE_CHOICES = ("round-robin", "least-in-flight")
+LOG_FORMATS = ("text", "json")
+
+
+def _valid_log_format(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in LOG_FORMATS:
+        raise ConfigError("--log-format", f"must be text or json, got {value!r}")
+
+
+def _valid_optional_text(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(option_name(attribute), f"must be an endpoint description, got {value!r}")
 
 
 def _valid_ca(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -200,6 +211,10 @@ class ProxyConfig:
     @ivar preserve_host: send the client's C{Host} upstream, not the upstream's.
     @ivar upstream_ca: a PEM file of CA certificates trusted for https
         upstreams instead of the system's store.
+    @ivar admin_listen: the admin port's endpoint, or L{None} for none.
+    @ivar spawn: commands to run as child processes (C{NAME=COMMAND} or C{COMMAND}).
+    @ivar log_format: C{text} or C{json} (JSON lines).
+    @ivar drain_timeout: seconds requests in flight get to finish on shutdown.
     """
 
     upstreams: tuple[str, ...] = field(
@@ -226,6 +241,10 @@ class ProxyConfig:
     max_body: int = field(default=100 * 1024 * 1024, validator=_whole_not_negative)
     preserve_host: bool = False
     upstream_ca: str | None = field(default=None, validator=_valid_ca)
+    admin_listen: str | None = field(default="tcp:9901:interface=127.0.0.1", validator=_valid_optional_text)
+    spawn: tuple[str, ...] = field(default=(), converter=tuple)
+    log_format: str = field(default="text", validator=_valid_log_format)
+    drain_timeout: float = field(default=10.0, validator=_not_negative)
 
     @property
     def upstream(self) -> str:

@@ -6,6 +6,7 @@ L{HealthMonitor}, the service whose C{LoopingCall} keeps it current.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from typing import Any
 
 import treq
@@ -22,6 +23,10 @@ from twisted.web.iweb import IAgent, IResponse
 
 from ._classify import TryFailure, classify
 from ._errors import ECONNREFUSED
+from ._metrics import Telemetry
+
+#: Health samples kept per upstream for the status page's timeline.
+HISTORY = 120
 
 
 class Health(enum.Enum):
@@ -46,6 +51,7 @@ class HealthState:
     @ivar changed_at: clock time of the last change of C{status}.
     @ivar checked_at: clock time of the last finished health check.
     @ivar passive: whether tries also update it (health checks on).
+    @ivar history: (time, status) of recent checks and changes, oldest first.
     """
 
     _clock: IReactorTime
@@ -55,6 +61,7 @@ class HealthState:
     changed_at: float | None = None
     checked_at: float | None = None
     passive: bool = True
+    history: deque[tuple[float, str]] = field(factory=lambda: deque(maxlen=HISTORY))
 
     @property
     def down(self) -> bool:
@@ -78,6 +85,7 @@ class HealthState:
     def _set(self, status: Health, reason: str) -> None:
         if status is not self.status:
             self.changed_at = self._clock.seconds()
+            self.history.append((self.changed_at, status.value))
             HealthMonitor.log.info(
                 "upstream {upstream} is {status}{why}",
                 upstream=self.upstream,
@@ -119,8 +127,10 @@ class HealthMonitor(Service):
     _url: bytes
     _interval: float
     _timeout: float
+    _telemetry: Telemetry | None = None
     _loop: LoopingCall | None = field(default=None, init=False)
     _check: Deferred[None] | None = field(default=None, init=False)
+    _check_started: float = field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -144,6 +154,7 @@ class HealthMonitor(Service):
         """
         Run one health check now and update the state; never fails.
         """
+        self._check_started = self._clock.seconds()
         # The agent itself, not treq.get: treq's URL handling rejects IPv6 literals.
         answer: Deferred[Any] = self._agent.request(
             b"GET", self._url, Headers({b"user-agent": [b"sora2proxy-health"]})
@@ -181,4 +192,9 @@ class HealthMonitor(Service):
 
     def _checked(self, _: object) -> None:
         self._check = None
-        self.state.checked_at = self._clock.seconds()
+        now = self._clock.seconds()
+        state = self.state
+        state.checked_at = now
+        state.history.append((now, state.status.value))
+        if self._telemetry is not None and self.running:
+            self._telemetry.health_checked(state.upstream, state.status.value, now - self._check_started)

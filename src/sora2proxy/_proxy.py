@@ -20,6 +20,7 @@ from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
+from ._metrics import Telemetry
 from ._resource import ProxyResource
 from ._upstreams import Balancer, Ejection, Upstream
 
@@ -46,11 +47,13 @@ class Proxy:
     @ivar service: start it (health monitor) and stop it (closes pooled
         connections), for instance as a child of the application's service.
     @ivar balancer: the upstreams, each with its health and ejection state.
+    @ivar telemetry: metrics, in-flight count and status board (for an admin page).
     """
 
     resource: IResource
     service: IService
     balancer: Balancer
+    telemetry: Telemetry
 
     @property
     def health(self) -> HealthState | None:
@@ -89,6 +92,7 @@ def build_proxy(
     @param random: the random source of backoff jitter (numbers in [0, 1)).
     """
     clock: IReactorTime = reactor
+    telemetry = Telemetry(clock)
     service = MultiService()
     endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
@@ -109,12 +113,14 @@ def build_proxy(
         if health_url is not None:
             health = HealthState(clock, url)
             monitor = HealthMonitor(
-                health, clock, agent, health_url, config.health_interval, config.health_timeout
+                health, clock, agent, health_url, config.health_interval, config.health_timeout, telemetry
             )
             monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
         ejection = Ejection(clock, config.eject_after, config.eject_time)
         upstreams.append(Upstream(url, base_of(url), health, ejection))
     balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
     budget = RetryBudget(clock, config.retry_budget)
-    resource = ProxyResource(config, clock, agent, balancer, budget, random=random, endpoints=endpoints)
-    return Proxy(resource, service, balancer)
+    resource = ProxyResource(
+        config, clock, agent, balancer, budget, random=random, endpoints=endpoints, telemetry=telemetry
+    )
+    return Proxy(resource, service, balancer, telemetry)

@@ -11,7 +11,7 @@ import random as _random
 from collections.abc import Callable
 from typing import Any
 
-from attrs import frozen
+from attrs import define
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
@@ -28,20 +28,17 @@ from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._errors import (
     BODY_TOO_LARGE,
-    CIRCUIT_OPEN,
-    ECONNREFUSED,
-    HEALTH_CHECK_FAILED,
     INTERNAL,
     NOT_FOUND,
     NOT_IMPLEMENTED,
-    TIMEOUT,
-    UPSTREAM_TLS_ERROR,
     ErrorKind,
     ProxyError,
     write_error,
 )
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
+from ._messages import gave_up_message, unavailable
+from ._metrics import Telemetry
 from ._relay import BodyRelay, start_response
 from ._retry import GaveUp, RetryLoop, RetryPolicy
 from ._site import body_too_large_message, raw_error
@@ -49,10 +46,12 @@ from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 
-@frozen
+@define
 class RequestContext:
     """
     What the proxy knows of one request while it handles it.
+
+    @ivar logged: its access event was emitted (exactly once per request).
     """
 
     request: Request
@@ -60,6 +59,8 @@ class RequestContext:
     started: float
     method: bytes
     path: str
+    logged: bool = False
+    upstream: str | None = None
 
 
 @implementer(IResource)
@@ -84,6 +85,7 @@ class ProxyResource:
         cooperator: Cooperator | None = None,
         random: Callable[[], float] | None = None,
         endpoints: IAgentEndpointFactory | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
@@ -97,8 +99,10 @@ class ProxyResource:
         @param random: random numbers in [0, 1) for backoff jitter.
         @param endpoints: where WebSocket tunnels connect; without it a
             WebSocket upgrade is answered 501.
+        @param telemetry: metrics and status board; by default a new one.
         """
         self._endpoints = endpoints
+        self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
         self._config = config
         self._clock = clock
         self._agent = agent
@@ -142,6 +146,7 @@ class ProxyResource:
         """
         Start forwarding C{request}; the response is written later.
         """
+        self.telemetry.request_started()
         request_id = request_id_from(request.requestHeaders)
         request.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
         request.defaultContentType = None
@@ -187,6 +192,8 @@ class ProxyResource:
             ),
             body_of(request, self._cooperator),
             first,
+            self.telemetry,
+            self._clock,
         )
         deadline = self._config.deadline
         loop = RetryLoop(
@@ -212,6 +219,7 @@ class ProxyResource:
         request.notifyFinish().addErrback(client_gone)
 
         def answered(response: IResponse) -> None:
+            context.upstream = router.current.url
             start_response(request, response, context.request_id, router.current.base, self._prefix)
             body = BodyRelay(request, lambda outcome: self._done(context, loop.tries, response.code, outcome))
             relay.append(body)
@@ -219,7 +227,7 @@ class ProxyResource:
 
         def failed(failure: Failure) -> None:
             if failure.check(CancelledError):
-                self._log_access(context, 499, loop.tries, "CLIENT_GONE")
+                self._log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
                 return
             gave_up = failure.value
             if isinstance(gave_up, GaveUp):
@@ -263,55 +271,16 @@ class ProxyResource:
         ).start(request)
 
     def _unavailable(self, context: RequestContext) -> None:
-        upstreams = self._balancer.upstreams
-        ejected = [u for u in upstreams if u.ejection.ejected]
-        names = ", ".join(u.url for u in upstreams)
-        if len(ejected) == len(upstreams):
-            left = min(u.ejection.cooldown_left() for u in ejected)
-            failures = self._config.eject_after
-            self._error(
-                context,
-                CIRCUIT_OPEN,
-                f"The API backend at {names} failed {failures} times in a row and is ejected for "
-                f"{math.ceil(left)} s more; the request was not sent.",
-                0,
-                retry_after=left,
-            )
-            return
-        reasons = "; ".join(
-            f"{u.url}: {u.health.reason}" for u in upstreams if u.health is not None and u.health.down
-        )
-        self._error(
-            context,
-            HEALTH_CHECK_FAILED,
-            f"The API backend at {names} is failing its health check ({reasons}); the request was not sent.",
-            0,
-            retry_after=self._config.health_interval,
-        )
+        kind, message, retry_after = unavailable(self._balancer, self._config)
+        self._error(context, kind, message, 0, retry_after=retry_after)
 
     def _gave_up(self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool) -> None:
-        kind = gave_up.failure.kind
-        tries = gave_up.tries
-        if kind is ECONNREFUSED:
-            message = f"The API backend at {upstream} refused the connection ({tries} attempts)."
-        elif kind is TIMEOUT:
-            message = f"The API backend at {upstream} timed out: {gave_up.failure.reason} ({tries} attempts)."
-        else:
-            message = f"The API backend at {upstream} failed: {gave_up.failure.reason} ({tries} attempts)."
-        extra: dict[str, Any] = {"retryable": gave_up.retryable, "reason": gave_up.failure.reason}
-        suggestion = None
-        if kind is UPSTREAM_TLS_ERROR:
-            suggestion = (
-                "Check the upstream's certificate, or trust its CA with --upstream-ca FILE "
-                "(the proxy never falls back to an unverified connection)."
-            )
-        if budget:
-            extra["retryBudgetExhausted"] = True
+        message, extra, suggestion = gave_up_message(gave_up, upstream, budget)
         self._error(
             context,
-            kind,
+            gave_up.failure.kind,
             message,
-            tries,
+            gave_up.tries,
             retry_after=self._config.health_interval,
             extra=extra,
             upstream=upstream,
@@ -358,6 +327,7 @@ class ProxyResource:
             transport = getattr(request, "transport", None)
             if transport is not None:
                 transport.abortConnection()
+            self._log_access(context, request.code, attempts, INTERNAL.error_type)
             return
         self._error(
             context,
@@ -372,22 +342,43 @@ class ProxyResource:
 
     def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:
         error_type = "" if outcome is None else "UPSTREAM_ABORTED"
-        self._log_access(context, status, tries, error_type)
+        self._log_access(context, status, tries, error_type, context.upstream)
 
     def _elapsed_ms(self, context: RequestContext) -> int:
         return round((self._clock.seconds() - context.started) * 1000)
 
-    def _log_access(self, context: RequestContext, status: int, tries: int, error_type: str) -> None:
+    def _log_access(
+        self,
+        context: RequestContext,
+        status: int,
+        tries: int,
+        error_type: str,
+        upstream: str | None = None,
+    ) -> None:
+        if context.logged:
+            return
+        context.logged = True
+        upstream = upstream or self._config.upstream
+        elapsed = self._clock.seconds() - context.started
+        self.telemetry.request_finished(
+            context.method.decode("latin-1"),
+            context.path,
+            status,
+            error_type,
+            elapsed,
+            context.request_id,
+            upstream,
+        )
         self.log.info(
             "{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
             method=context.method.decode("latin-1"),
             path=context.path,
             status=status,
             tries=tries,
-            duration_ms=self._elapsed_ms(context),
+            duration_ms=round(elapsed * 1000),
             error_type=error_type,
             request_id=context.request_id,
-            upstream=self._config.upstream,
+            upstream=upstream,
         )
 
 

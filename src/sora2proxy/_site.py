@@ -100,19 +100,29 @@ class ProxyRequest(Request):
         channel.loseConnection()
 
 
-class ProxySite(Site):
+class QuietSite(Site):
+    """
+    A site without Twisted's access log and factory start/stop lines.
+    """
+
+    noisy = False
+
+    def __init__(self, resource: Any, reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)  # type: ignore[no-untyped-call]
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class ProxySite(QuietSite):
     """
     The site that serves the proxy: its requests are L{ProxyRequest}s.
 
     @ivar config: the proxy's configuration (its C{max_body}).
     """
 
-    noisy = False
     requestFactory = ProxyRequest
 
     def __init__(self, resource: Any, config: ProxyConfig, reactor: Any = None) -> None:
-        super().__init__(resource, reactor=reactor)  # type: ignore[no-untyped-call]
+        super().__init__(resource, reactor=reactor)
         self.config = config
-
-    def log(self, request: Any) -> None:
-        pass

@@ -13,14 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python import usage
 
 from ._config import ConfigError, ProxyConfig, upstream_from_environment
+from ._lifecycle import DrainingListeners, StopInOrder
 from ._proxy import build_proxy
-from ._site import ProxySite
+from ._site import ProxySite, QuietSite
+from ._spawn import SpawnedCommand
 
 
 def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
@@ -79,6 +82,14 @@ class Options(usage.Options):
         ["eject-after", None, "5", "Consecutive failures that eject an upstream for a cool-down; 0 is off."],
         ["max-body", None, str(100 * 1024 * 1024), "Largest request body forwarded, in bytes (413 above)."],
         ["upstream-ca", None, None, "PEM file of CA certificates trusted for https upstreams."],
+        [
+            "admin-listen",
+            None,
+            "tcp:9901:interface=127.0.0.1",
+            "Admin endpoint (health, ready, metrics, status); 'none' disables.",
+        ],
+        ["log-format", None, "text", "text, or json for JSON lines."],
+        ["drain-timeout", None, "10", "Seconds requests in flight get to finish on shutdown."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
 
@@ -87,6 +98,7 @@ class Options(usage.Options):
         self._environ = os.environ if environ is None else environ
         self["listen"] = []
         self["upstream"] = []
+        self["spawn"] = []
         self.config: ProxyConfig | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -101,11 +113,21 @@ class Options(usage.Options):
         """  # noqa: E501
         self["upstream"].append(url)
 
+    def opt_spawn(self, command: str) -> None:
+        """
+        Run COMMAND (or NAME=COMMAND) as a child process: its output is logged under its name, it is restarted if it dies and stopped with the proxy (repeatable).
+        """  # noqa: E501
+        self["spawn"].append(command)
+
     def postOptions(self) -> None:
         try:
             self.config = self.to_config()
             for endpoint in self.listen:
                 _check_endpoint(endpoint)
+            if self.config.admin_listen is not None:
+                _check_endpoint(self.config.admin_listen, "--admin-listen")
+                if self.config.admin_listen in self.listen:
+                    raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
         except ConfigError as e:
             # One line naming the option, not twistd's usage text or a traceback.
             raise SystemExit(f"sora2proxy: error: {e}") from None
@@ -146,29 +168,63 @@ class Options(usage.Options):
             max_body=_number("--max-body", self["max-body"], int),
             preserve_host=bool(self["preserve-host"]),
             upstream_ca=self["upstream-ca"],
+            admin_listen=None if self["admin-listen"] in ("none", "") else self["admin-listen"],
+            spawn=tuple(self["spawn"]),
+            log_format=self["log-format"],
+            drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
         )
 
 
-def _check_endpoint(description: str) -> None:
+def _check_endpoint(description: str, option: str = "--listen") -> None:
     try:
         serverFromString(MemoryReactor(), description)
     except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
-        raise ConfigError("--listen", f"{description!r} is not a usable endpoint ({e})") from None
+        raise ConfigError(option, f"{description!r} is not a usable endpoint ({e})") from None
 
 
 def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IService:
     """
-    The whole proxy as one service: a listener per endpoint and the proxy's
-    own service (health monitor, connection pool).
+    The whole proxy as one service.  Its children stop one after another,
+    last first: the public listeners drain, then the proxy (health monitors,
+    pool), then the spawned commands, then the admin port (which answers
+    C{/ready} 503 throughout the drain).
     """
     proxy = build_proxy(config, reactor)
-    top = MultiService()
+    top = _Top(config.log_format)
+    if config.admin_listen is not None:
+        # Klein imports the global reactor: only here, after twistd installed it.
+        from ._admin import Admin
+
+        admin = Admin(proxy.telemetry, proxy.balancer)
+        endpoint = serverFromString(reactor, config.admin_listen)
+        admin_site = QuietSite(admin.resource(), reactor=reactor)
+        StreamServerEndpointService(endpoint, admin_site).setServiceParent(top)
+    for spec in config.spawn:
+        SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
+    listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor)
     for description in listen:
         endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        StreamServerEndpointService(endpoint, site).setServiceParent(listeners)
+    listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
+
+
+class _Top(StopInOrder):
+    """
+    The service twistd runs; with C{--log-format json} it gives the
+    application a JSON-lines log observer (twistd's hook for one).
+    """
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._log_format = log_format
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
+        if self._log_format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout, recordSeparator=""))
 
 
 def makeService(options: Options) -> IService:

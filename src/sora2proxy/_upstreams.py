@@ -7,6 +7,7 @@ L{RequestRouter} that one request's retry loop sends its tries through.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -16,6 +17,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._classify import TryFailure
 from ._health import HealthState
+from ._metrics import Telemetry
 
 #: The longest cool-down of a repeatedly ejected upstream.
 MAX_EJECT_TIME = 300.0
@@ -126,6 +128,21 @@ class Upstream:
     ejection: Ejection
     in_flight: int = 0
 
+    def snapshot(self) -> dict[str, Any]:
+        """
+        Its state for the status page.
+        """
+        health = self.health
+        return {
+            "url": self.url,
+            "health": "unknown" if health is None else health.status.value,
+            "reason": "" if health is None else health.reason,
+            "ejected": self.ejection.ejected,
+            "cooldownLeft": self.ejection.cooldown_left(),
+            "inFlight": self.in_flight,
+            "timeline": [] if health is None else list(health.history),
+        }
+
     def available(self) -> bool:
         """
         Whether a new request may be sent here.
@@ -204,7 +221,10 @@ class RequestRouter:
     _headers: Headers
     _body: IBodyProducer | None
     first: Upstream
+    _telemetry: Telemetry | None = None
+    _clock: IReactorTime | None = None
     tried: list[Upstream] = field(factory=list, init=False)
+    _sent_at: float = field(default=0.0, init=False)
 
     @property
     def current(self) -> Upstream:
@@ -218,7 +238,11 @@ class RequestRouter:
         Send the next try.
         """
         upstream = self.first if not self.tried else self._balancer.choose_for_retry(self.tried)
+        if self.tried and self._telemetry is not None:
+            self._telemetry.retried(upstream.url)
         self.tried.append(upstream)
+        if self._clock is not None:
+            self._sent_at = self._clock.seconds()
         upstream.ejection.start_probe()
         upstream.in_flight += 1
         sent: Deferred[IResponse] = self._agent.request(
@@ -236,6 +260,7 @@ class RequestRouter:
         The latest try got C{response}.
         """
         upstream = self.current
+        self._record(upstream, "5xx" if response.code >= 500 else "ok")
         if upstream.health is not None:
             upstream.health.try_succeeded()
         if response.code >= 500:
@@ -248,9 +273,15 @@ class RequestRouter:
         The latest try failed.
         """
         upstream = self.current
+        self._record(upstream, failure.kind.error_type)
         if upstream.health is not None:
             upstream.health.try_failed(failure)
         upstream.ejection.failed()
+
+    def _record(self, upstream: Upstream, outcome: str) -> None:
+        if self._telemetry is not None and self._clock is not None:
+            seconds = self._clock.seconds() - self._sent_at
+            self._telemetry.try_finished(upstream.url, outcome, seconds)
 
     def cancelled(self) -> None:
         """

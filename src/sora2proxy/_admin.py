@@ -1,0 +1,91 @@
+"""
+The admin port (C{--admin-listen}), a Klein app never served on the public
+port: C{/health}, C{/ready}, C{/metrics}, C{/status} and C{/status.json}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import define, field
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.server import Request
+
+from ._metrics import Telemetry
+from ._status import render_status
+from ._upstreams import Balancer
+
+
+@define
+class Admin:
+    """
+    The admin endpoints of one proxy.
+    """
+
+    telemetry: Telemetry
+    balancer: Balancer
+    app: Klein = field(factory=Klein)
+
+    def __attrs_post_init__(self) -> None:
+        route = self.app.route
+        route("/health", methods=["GET", "HEAD"])(self.health)
+        route("/ready", methods=["GET", "HEAD"])(self.ready)
+        route("/metrics", methods=["GET"])(self.metrics)
+        route("/status", methods=["GET"])(self.status)
+        route("/status.json", methods=["GET"])(self.status_json)
+
+    def resource(self) -> Any:
+        """
+        The admin app as a twisted.web resource.
+        """
+        return self.app.resource()
+
+    def _json(self, request: Request, body: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode()
+
+    def health(self, request: Request) -> bytes:
+        """
+        The proxy process is alive (a liveness probe).
+        """
+        return self._json(request, {"status": "alive"})
+
+    def ready(self, request: Request) -> bytes:
+        """
+        200 while at least one upstream may take requests and the proxy is
+        not draining (a readiness probe); 503 otherwise.
+        """
+        available = [u.url for u in self.balancer.upstreams if u.available()]
+        ready = bool(available) and not self.telemetry.draining
+        body = {"ready": ready, "draining": self.telemetry.draining, "available": available}
+        return self._json(request, body, 200 if ready else 503)
+
+    def metrics(self, request: Request) -> bytes:
+        """
+        Prometheus text format.
+        """
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        data: bytes = generate_latest(self.telemetry.registry)
+        return data
+
+    def _snapshot(self) -> dict[str, Any]:
+        telemetry = self.telemetry
+        return telemetry.board.snapshot(self.balancer.upstreams, telemetry.in_flight, telemetry.draining)
+
+    def status(self, request: Request) -> bytes:
+        """
+        The status page, for people.
+        """
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return render_status(self._snapshot())
+
+    def status_json(self, request: Request) -> bytes:
+        """
+        The status page's data.
+        """
+        return self._json(request, self._snapshot())

@@ -1,0 +1,89 @@
+"""
+Graceful drain: on stop (SIGTERM, Ctrl+C) the proxy turns C{/ready} to 503,
+stops accepting, lets the requests in flight finish for up to
+C{--drain-timeout} seconds, then lets the rest of the process stop.
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ._metrics import Telemetry
+
+
+@define(slots=False)
+class DrainingListeners(MultiService):
+    """
+    The public listeners, stopped by draining.
+
+    @ivar drain_timeout: the longest wait for requests in flight.
+    """
+
+    log = Logger()
+
+    _telemetry: Telemetry
+    _clock: IReactorTime
+    drain_timeout: float = 10.0
+    _watch: LoopingCall | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+
+    def stopService(self) -> Deferred[None]:
+        telemetry = self._telemetry
+        telemetry.draining = True
+        self.log.info(
+            "draining: {in_flight} requests in flight, waiting up to {timeout:g} s",
+            in_flight=telemetry.in_flight,
+            timeout=self.drain_timeout,
+        )
+        stopped: Deferred[list[object]] = gatherResults(
+            [maybeDeferred(child.stopService) for child in list(self)]
+        )
+        self.running = 0
+        drained: Deferred[None] = Deferred()
+        deadline = self._clock.seconds() + self.drain_timeout
+
+        def check() -> None:
+            if telemetry.in_flight <= 0 or self._clock.seconds() >= deadline:
+                if telemetry.in_flight > 0:
+                    self.log.warn(
+                        "drain timeout: {in_flight} requests still in flight", in_flight=telemetry.in_flight
+                    )
+                assert self._watch is not None
+                self._watch.stop()
+                drained.callback(None)
+
+        self._watch = LoopingCall(check)
+        self._watch.clock = self._clock
+        self._watch.start(0.05, now=True)
+        return stopped.addCallback(lambda _: drained)
+
+
+def add_listener(listeners: DrainingListeners, service: IService) -> None:
+    """
+    Put a listening service under the drain.
+    """
+    service.setServiceParent(listeners)
+
+
+class StopInOrder(MultiService):
+    """
+    A service collection that stops its children one at a time, last added
+    first, each after the one before has finished stopping (Twisted's
+    L{MultiService} stops them all at once): the listeners drain while the
+    upstreams and the spawned backend still run.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_each())
+
+    async def _stop_each(self) -> None:
+        for child in reversed(list(self)):
+            await maybeDeferred(child.stopService)

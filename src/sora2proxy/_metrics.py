@@ -1,0 +1,122 @@
+"""
+L{Telemetry}: what the proxy counts and remembers, for the admin port: the
+Prometheus metrics (one C{CollectorRegistry} per proxy, no global state), the
+in-flight count, the draining flag, and the L{StatusBoard} of the status page.
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.interfaces import IReactorTime
+
+from ._status import StatusBoard
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_HEALTH_VALUES = {"up": 1.0, "down": 0.0, "unknown": -1.0}
+
+
+def _method_label(method: str) -> str:
+    return method if method in _METHODS else "OTHER"
+
+
+@define(slots=False)
+class Telemetry:
+    """
+    Counters, gauges and histograms of one proxy, and its status board.
+
+    @ivar in_flight: requests being handled now.
+    @ivar draining: the proxy is shutting down (C{/ready} answers 503).
+    """
+
+    _clock: IReactorTime
+    registry: CollectorRegistry = field(factory=lambda: CollectorRegistry(auto_describe=True))
+    in_flight: int = 0
+    draining: bool = False
+    board: StatusBoard = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        registry = self.registry
+        self.board = StatusBoard(self._clock)
+        self._requests = Counter(
+            "sora2proxy_requests", "Requests answered, by method and status.", ["method", "status"],
+            registry=registry,
+        )  # fmt: skip
+        self._errors = Counter(
+            "sora2proxy_errors", "Error answers made by the proxy, by errorType.", ["error_type"],
+            registry=registry,
+        )  # fmt: skip
+        self._request_seconds = Histogram(
+            "sora2proxy_request_duration_seconds", "Time from request to response end.", ["method"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self._in_flight = Gauge("sora2proxy_requests_in_flight", "Requests being handled.", registry=registry)
+        self._in_flight.set_function(lambda: self.in_flight)
+        self._tries = Counter(
+            "sora2proxy_upstream_tries", "Upstream tries, by upstream and outcome.", ["upstream", "outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self._retries = Counter(
+            "sora2proxy_upstream_retries", "Retries sent, by upstream.", ["upstream"], registry=registry
+        )
+        self._upstream_seconds = Histogram(
+            "sora2proxy_upstream_duration_seconds", "Time from sending a try to its response headers.",
+            ["upstream"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self._health = Gauge(
+            "sora2proxy_upstream_healthy", "Health per upstream: 1 up, 0 down, -1 unknown.", ["upstream"],
+            registry=registry,
+        )  # fmt: skip
+        self._health_seconds = Histogram(
+            "sora2proxy_health_check_duration_seconds", "Health-check latency.", ["upstream"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+
+    def request_started(self) -> None:
+        """
+        A request arrived.
+        """
+        self.in_flight += 1
+
+    def request_finished(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        error_type: str,
+        seconds: float,
+        request_id: str,
+        upstream: str,
+    ) -> None:
+        """
+        A request was answered (or its client left).
+        """
+        self.in_flight -= 1
+        label = _method_label(method)
+        self._requests.labels(label, str(status)).inc()
+        self._request_seconds.labels(label).observe(seconds)
+        if error_type:
+            self._errors.labels(error_type).inc()
+        self.board.request_finished(method, path, status, error_type, request_id, upstream)
+
+    def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
+        """
+        A try ended: C{outcome} is C{ok}, C{5xx} or the failure's errorType.
+        """
+        self._tries.labels(upstream, outcome).inc()
+        self._upstream_seconds.labels(upstream).observe(seconds)
+
+    def retried(self, upstream: str) -> None:
+        """
+        A retry is sent to C{upstream}.
+        """
+        self._retries.labels(upstream).inc()
+        self.board.retried()
+
+    def health_checked(self, upstream: str, status: str, seconds: float) -> None:
+        """
+        A health check ended with C{status} (C{up}, C{down}).
+        """
+        self._health.labels(upstream).set(_HEALTH_VALUES.get(status, -1.0))
+        self._health_seconds.labels(upstream).observe(seconds)

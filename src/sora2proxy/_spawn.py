@@ -1,0 +1,202 @@
+"""
+C{--spawn COMMAND}: child processes the proxy starts, logs, restarts with
+backoff when they die, and stops (SIGTERM, then SIGKILL after a grace period)
+when it stops.  Each command runs under a small supervisor that gives it its
+own process group and dies with the proxy (Linux C{PR_SET_PDEATHSIG}), so no
+orphan survives the proxy, even one killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+#: Runs C{sh -c COMMAND} in its own process group; forwards SIGTERM/SIGINT to
+#: the group, escalates to SIGKILL after the grace period, and reaps
+#: leftovers when the shell exits.  Dies with its parent (PR_SET_PDEATHSIG).
+SUPERVISOR = """
+import ctypes, os, signal, sys
+command, grace = sys.argv[1], float(sys.argv[2])
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except Exception:
+    pass
+if os.getppid() == 1:
+    sys.exit(1)
+child = os.fork()
+if child == 0:
+    os.setsid()
+    os.execvp("sh", ["sh", "-c", command])
+def kill(sig):
+    try:
+        os.killpg(child, sig)
+    except ProcessLookupError:
+        pass
+def stop(signum, frame):
+    kill(signum)
+    signal.signal(signal.SIGALRM, lambda s, f: kill(signal.SIGKILL))
+    signal.setitimer(signal.ITIMER_REAL, grace)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, stop)
+while True:
+    try:
+        _, status = os.waitpid(child, 0)
+        break
+    except InterruptedError:
+        continue
+kill(signal.SIGTERM)
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+_NAME = re.compile(r"\A([A-Za-z][A-Za-z0-9_.-]{0,31})=(.+)\Z", re.DOTALL)
+
+
+def name_and_command(spec: str) -> tuple[str, str]:
+    """
+    Split C{NAME=COMMAND}; without a name, one is made from the command
+    (C{python -m sora2proxy.demo} is C{demo}, C{npm run dev:api} is C{npm}).
+    """
+    found = _NAME.match(spec)
+    if found and " " not in found.group(1):
+        return found.group(1), found.group(2)
+    try:
+        words = shlex.split(spec)
+    except ValueError:
+        words = spec.split()
+    if not words:
+        return "child", spec
+    if "-m" in words[:-1]:
+        return words[words.index("-m") + 1].rsplit(".", 1)[-1], spec
+    return os.path.basename(words[0]), spec
+
+
+class _Child(ProcessProtocol):
+    def __init__(self, spawned: SpawnedCommand) -> None:
+        self._spawned = spawned
+        self._partial: dict[int, bytes] = {}
+        self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buffered = self._partial.get(fd, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        self._partial[fd] = rest[-65536:]
+        for line in lines:
+            self._spawned.output(line.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        for rest in self._partial.values():
+            if rest:
+                self._spawned.output(rest.decode("utf-8", "replace"))
+        self._partial = {}
+        code = getattr(reason.value, "exitCode", None)
+        signal = getattr(reason.value, "signal", None)
+        self._spawned.ended(code, signal)
+        self.ended.callback(None)
+
+
+@define
+class SpawnedCommand(Service):
+    """
+    One C{--spawn} command as a service.
+
+    @ivar spec: C{COMMAND} or C{NAME=COMMAND}.
+    @ivar grace: seconds between SIGTERM and SIGKILL on stop.
+    @ivar backoff: first wait before a restart; doubles up to C{max_backoff}.
+    """
+
+    log = Logger()
+
+    spec: str
+    _reactor: Any
+    grace: float = 5.0
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    name: str = field(init=False)
+    command: str = field(init=False)
+    restarts: int = field(default=0, init=False)
+    _child: _Child | None = field(default=None, init=False)
+    _transport: Any = field(default=None, init=False)
+    _restart: IDelayedCall | None = field(default=None, init=False)
+    _started_at: float = field(default=0.0, init=False)
+    _failures: int = field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        Service.__init__(self)
+        self.name, self.command = name_and_command(self.spec)
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The supervisor's process id while it runs.
+        """
+        return None if self._transport is None else self._transport.pid
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._start()
+
+    def _start(self) -> None:
+        self._restart = None
+        self._child = _Child(self)
+        self._started_at = self._reactor.seconds()
+        argv = [sys.executable, "-c", SUPERVISOR, self.command, str(self.grace)]
+        self._transport = self._reactor.spawnProcess(self._child, sys.executable, argv, env=os.environ)
+        self.log.info("[{name}] started: {command}", name=self.name, command=self.command)
+
+    def output(self, line: str) -> None:
+        """
+        A line the child printed, logged under its name.
+        """
+        self.log.info("[{name}] {line}", name=self.name, line=line)
+
+    def ended(self, code: int | None, signal: int | None) -> None:
+        """
+        The child exited; restart it with backoff unless stopping.
+        """
+        self._transport = None
+        how = f"signal {signal}" if signal else f"status {code}"
+        if not self.running:
+            self.log.info("[{name}] stopped ({how})", name=self.name, how=how)
+            return
+        if self._reactor.seconds() - self._started_at > 10 * self.backoff:
+            self._failures = 0  # it ran for a while: start the backoff over
+        delay = min(self.max_backoff, self.backoff * 2**self._failures)
+        self._failures += 1
+        self.restarts += 1
+        self.log.warn(
+            "[{name}] exited ({how}); restarting in {delay:g} s", name=self.name, how=how, delay=delay
+        )
+        self._restart = self._reactor.callLater(delay, self._start)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        self._restart = None
+        child, transport = self._child, self._transport
+        if child is None or transport is None:
+            return succeed(None)
+        transport.signalProcess("TERM")  # the supervisor escalates to SIGKILL after the grace
+
+        def last_resort() -> None:
+            if self._transport is not None:
+                self._transport.signalProcess("KILL")
+
+        killer = self._reactor.callLater(self.grace + 2, last_resort)
+
+        def done(_: object) -> None:
+            if killer.active():
+                killer.cancel()
+
+        return child.ended.addCallback(done)
