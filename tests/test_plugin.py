@@ -127,7 +127,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
                 "--admin-listen",
-                "tcp:0:interface=::1",
+                "tcp:0:interface=localhost",
             ]
         )
         assert options.config is not None
