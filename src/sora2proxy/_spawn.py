@@ -59,12 +59,12 @@ kill(signal.SIGTERM)
 sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
 """
 
-_NAME = re.compile(r"\A([A-Za-z][A-Za-z0-9_.-]{0,31})=(.+)\Z", re.DOTALL)
+_NAME = re.compile(r"\A([a-z][a-z0-9_.-]{0,31})=(.+)\Z", re.DOTALL)
 
 
 def name_and_command(spec: str) -> tuple[str, str]:
     """
-    Split C{NAME=COMMAND}; without a name, one is made from the command
+    Split C{NAME=COMMAND} (a lowercase name); without a name, one is made from the command
     (C{python -m sora2proxy.demo} is C{demo}, C{npm run dev:api} is C{npm}).
     """
     found = _NAME.match(spec)
@@ -74,6 +74,7 @@ def name_and_command(spec: str) -> tuple[str, str]:
         words = shlex.split(spec)
     except ValueError:
         words = spec.split()
+    words = [w for w in words if "=" not in w.split("/")[0]] or words  # FOO=1 node x.js
     if not words:
         return "child", spec
     if "-m" in words[:-1]:

@@ -16,11 +16,12 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from ._config import ConfigError, ProxyConfig, upstream_from_environment
 from ._lifecycle import DrainingListeners, StopInOrder
+from ._logs import JSONLinesObserver
 from ._proxy import build_proxy
 from ._site import ProxySite, QuietSite
 from ._spawn import SpawnedCommand
@@ -126,7 +127,7 @@ class Options(usage.Options):
                 _check_endpoint(endpoint)
             if self.config.admin_listen is not None:
                 _check_endpoint(self.config.admin_listen, "--admin-listen")
-                if self.config.admin_listen in self.listen:
+                if self.config.admin_listen in self.listen and not _any_port(self.config.admin_listen):
                     raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
         except ConfigError as e:
             # One line naming the option, not twistd's usage text or a traceback.
@@ -173,6 +174,14 @@ class Options(usage.Options):
             log_format=self["log-format"],
             drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
         )
+
+
+def _any_port(description: str) -> bool:
+    """
+    Whether C{description} asks for a port the system picks (C{tcp:0...}).
+    """
+    parts = description.split(":")
+    return len(parts) > 1 and parts[0] in ("tcp", "tcp6", "ssl") and parts[1] in ("0", "port=0")
 
 
 def _check_endpoint(description: str, option: str = "--listen") -> None:
@@ -224,7 +233,7 @@ class _Top(StopInOrder):
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
         if self._log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout, recordSeparator=""))
+            parent.setComponent(ILogObserver, JSONLinesObserver(sys.stdout))
 
 
 def makeService(options: Options) -> IService:

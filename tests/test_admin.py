@@ -1,0 +1,237 @@
+"""
+The admin port: /health, /ready, /metrics (parsed with prometheus_client's
+own parser), /status and /status.json; the status page in headless Chromium;
+JSON logs; and the graceful drain of a real twistd process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from sora2proxy import ProxyConfig, build_proxy
+from sora2proxy._admin import Admin
+from sora2proxy._site import ProxySite, QuietSite
+
+from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, wait
+from .test_cli import BIN, Child, get
+
+
+class AdminTests(LoopbackMixin, TestCase):
+    def setup_all(self, upstream_url: str, **options: Any) -> tuple[str, str, Any]:
+        config = ProxyConfig(upstream=upstream_url, **options)
+        proxy = build_proxy(config, reactor)
+        proxy.service.startService()
+        self.addCleanup(proxy.service.stopService)
+        public = reactor.listenTCP(0, ProxySite(proxy.resource, config), interface="127.0.0.1")
+        self.addCleanup(public.stopListening)
+        admin = Admin(proxy.telemetry, proxy.balancer)
+        port = reactor.listenTCP(0, QuietSite(admin.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return (
+            f"http://127.0.0.1:{public.getHost().port}",
+            f"http://127.0.0.1:{port.getHost().port}",
+            proxy,
+        )
+
+    @inlineCallbacks
+    def test_health_and_ready(self) -> Any:
+        """/health is 200; /ready is 200 with a healthy upstream, 503 when none is, 503 when draining."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        _, admin, proxy = self.setup_all(url, health_interval=0.1)
+        yield wait(0.15)
+        response, content = yield self.fetch(b"GET", admin + "/health")
+        self.assertEqual((response.code, json_of(content)), (200, {"status": "alive"}))
+        response, content = yield self.fetch(b"GET", admin + "/ready")
+        self.assertEqual(response.code, 200)
+        upstream.health = "down"
+        yield wait(0.25)
+        response, content = yield self.fetch(b"GET", admin + "/ready")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json_of(content)["available"], [])
+        upstream.health = "ok"
+        yield wait(0.25)
+        proxy.telemetry.draining = True
+        response, content = yield self.fetch(b"GET", admin + "/ready")
+        self.assertEqual(response.code, 503)
+        self.assertTrue(json_of(content)["draining"])
+
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """/metrics counts requests, tries, retries, in-flight and health, in Prometheus text format."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        dead = f"http://127.0.0.1:{refused_port()}/api"
+        public, admin, _ = self.setup_all((url, dead), health_interval=0.1, backoff=0.01)
+        yield wait(0.15)
+        for _ in range(3):
+            yield self.fetch(b"GET", public + "/api/proxy/a")
+        yield self.fetch(b"GET", public + "/elsewhere")
+        response, content = yield self.fetch(b"GET", admin + "/metrics")
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain"))
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(content.decode())
+            for s in family.samples
+        }
+        self.assertEqual(samples[("sora2proxy_requests_total", (("method", "GET"), ("status", "200")))], 3)
+        self.assertEqual(samples[("sora2proxy_requests_total", (("method", "GET"), ("status", "404")))], 1)
+        self.assertEqual(samples[("sora2proxy_errors_total", (("error_type", "NOT_FOUND"),))], 1)
+        self.assertEqual(
+            samples[("sora2proxy_upstream_tries_total", (("outcome", "ok"), ("upstream", url)))], 3
+        )
+        self.assertEqual(samples[("sora2proxy_upstream_healthy", (("upstream", url),))], 1)
+        self.assertEqual(samples[("sora2proxy_upstream_healthy", (("upstream", dead),))], 0)
+        self.assertEqual(samples[("sora2proxy_requests_in_flight", ())], 0)
+        self.assertIn(("sora2proxy_request_duration_seconds_count", (("method", "GET"),)), samples)
+        self.assertIn(("sora2proxy_health_check_duration_seconds_count", (("upstream", url),)), samples)
+        self.assertIn(("sora2proxy_upstream_duration_seconds_count", (("upstream", url),)), samples)
+
+    @inlineCallbacks
+    def test_retries_counted(self) -> Any:
+        """Retries show in /metrics and in the status data's rates."""
+        upstream = RecordingUpstream("status:503")
+        _, url = self.start_upstream(upstream)
+        public, admin, _ = self.setup_all(url, health_path="", backoff=0.01)
+        yield self.fetch(b"GET", public + "/api/proxy/a")
+        _, content = yield self.fetch(b"GET", admin + "/metrics")
+        text = content.decode()
+        self.assertIn(f'sora2proxy_upstream_retries_total{{upstream="{url}"}} 2.0', text)
+        self.assertIn(f'sora2proxy_upstream_tries_total{{outcome="5xx",upstream="{url}"}} 3.0', text)
+        _, content = yield self.fetch(b"GET", admin + "/status.json")
+        self.assertGreater(json_of(content)["rates"]["retriesPerSecond"], 0)
+
+    @inlineCallbacks
+    def test_status(self) -> Any:
+        """/status shows each upstream's health and recent errors with request ids; /status.json the same data."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        dead = f"http://127.0.0.1:{refused_port()}/api"
+        public, admin, _ = self.setup_all((url, dead), health_interval=0.1)
+        yield wait(0.25)
+        yield self.fetch(b"GET", public + "/nowhere")
+        response, content = yield self.fetch(b"GET", admin + "/status.json")
+        data = json_of(content)
+        healths = {u["url"]: u["health"] for u in data["upstreams"]}
+        self.assertEqual(healths, {url: "up", dead: "down"})
+        self.assertEqual(data["recentErrors"][0]["errorType"], "NOT_FOUND")
+        self.assertGreater(len(data["upstreams"][0]["timeline"]), 0)
+        response, page = yield self.fetch(b"GET", admin + "/status")
+        self.assertEqual(response.code, 200)
+        self.assertIn(data["recentErrors"][0]["requestId"].encode(), page)
+        self.assertIn(b'data-health="down"', page)
+        self.assertIn(b"http-equiv=refresh", page)
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise SkipTest("no Chromium on this machine (.ci/run installs Debian's chromium)")
+
+
+def dump_dom(url: str) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    return result.stdout
+
+
+class BrowserTests(SynchronousTestCase):
+    def test_status_page_shows_upstream_going_down(self) -> None:
+        """In headless Chromium the status page renders, then shows the upstream going down."""
+        chromium()
+        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
+        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        proxy = Child(
+            self,
+            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
+             "--admin-listen", "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+             "--health-interval", "0.2"],
+        )  # fmt: skip
+        admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
+        status = f"http://127.0.0.1:{admin_port}/status"
+        time.sleep(0.5)
+        dom = dump_dom(status)
+        self.assertIn("sora2proxy", dom)
+        self.assertIn('data-health="up"', dom)
+        self.assertIn(f"127.0.0.1:{backend_port}", dom)
+        backend.stop()
+        time.sleep(1.0)
+        dom = dump_dom(status)
+        self.assertIn('data-health="down"', dom)
+        self.assertIn("connection refused", dom)
+
+
+class ProcessTests(SynchronousTestCase):
+    def test_json_logs(self) -> None:
+        """--log-format json writes one JSON object a line, with the access event's fields."""
+        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
+        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        proxy = Child(
+            self,
+            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
+             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+             "--log-format", "json"],
+        )  # fmt: skip
+        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
+        time.sleep(0.3)
+        status, headers, _ = get(f"http://127.0.0.1:{port}/api/proxy/jobs?x=1")
+        self.assertEqual(status, 200)
+        line = proxy.wait_for(r'"request_id"').string
+        event = json.loads(line)
+        self.assertEqual(event["request_id"], headers["X-Request-Id"])
+        self.assertEqual(
+            (event["method"], event["path"], event["status"]), ("GET", "/api/proxy/jobs?x=1", 200)
+        )
+        self.assertEqual(event["tries"], 1)
+        self.assertIn("duration_ms", event)
+
+    def test_graceful_drain(self) -> None:
+        """On SIGTERM /ready turns 503 at once and a slow request in flight still completes."""
+        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
+        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        proxy = Child(
+            self,
+            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
+             "--admin-listen", "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+             "--health-interval", "0.2"],
+        )  # fmt: skip
+        admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
+        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
+        time.sleep(0.3)
+        self.assertEqual(get(f"http://127.0.0.1:{admin_port}/ready")[0], 200)
+        answers: list[Any] = []
+        slow = threading.Thread(target=lambda: answers.append(get(f"http://127.0.0.1:{port}/api/proxy/slow")))
+        slow.start()
+        time.sleep(0.4)
+        os.kill(proxy.process.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        ready = get(f"http://127.0.0.1:{admin_port}/ready")
+        self.assertEqual(ready[0], 503)
+        self.assertTrue(json.loads(ready[2])["draining"])
+        with self.assertRaises(OSError):
+            get(f"http://127.0.0.1:{port}/api/proxy/a", timeout=2)  # no longer accepting
+        slow.join(10)
+        self.assertEqual(answers[0][0], 200)
+        self.assertEqual(json.loads(answers[0][2]), {"slow": "done"})
+        # twistd exits with the signal that stopped it, after the drain.
+        self.assertIn(proxy.process.wait(10), (0, -signal.SIGTERM))
