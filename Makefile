@@ -17,8 +17,11 @@ $(STAMP): setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The proxy on :3200 with the demo backend on :3101 as its child; admin on 127.0.0.1:9901.
+# A 1 s health interval so that the proxy notices the demo within a second of its start.
 run: $(STAMP)
-	$(BIN)/twistd -n --pidfile= sora2proxy $(ARGS)
+	$(BIN)/twistd -n --pidfile= sora2proxy --health-interval 1 \
+		--spawn "demo=$(abspath $(BIN))/python -m sora2proxy.demo --port 3101" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests twisted setup.py

@@ -235,3 +235,40 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual(json.loads(answers[0][2]), {"slow": "done"})
         # twistd exits with the signal that stopped it, after the drain.
         self.assertIn(proxy.process.wait(10), (0, -signal.SIGTERM))
+
+
+class JSONLinesTests(SynchronousTestCase):
+    def test_flat_json_line(self) -> None:
+        """An access event becomes one flat JSON line with its fields and formatted message."""
+        import io
+
+        from twisted.logger import LogLevel
+        from twisted.python.failure import Failure
+
+        from sora2proxy._logs import JSONLinesObserver
+
+        out = io.StringIO()
+        observer = JSONLinesObserver(out)
+        observer(
+            {
+                "log_format": "{method} {path} {status}",
+                "log_level": LogLevel.info,
+                "log_namespace": "sora2proxy._resource.ProxyResource",
+                "log_time": 5.0,
+                "method": "GET",
+                "path": "/api/proxy/a",
+                "status": 200,
+                "request_id": "r1",
+                "obj": object(),
+            }
+        )
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            observer({"log_format": "boom", "log_failure": Failure(), "log_level": LogLevel.critical})
+        first, second = (json.loads(line) for line in out.getvalue().splitlines())
+        self.assertEqual(first["message"], "GET /api/proxy/a 200")
+        self.assertEqual((first["level"], first["request_id"], first["status"]), ("info", "r1", 200))
+        self.assertNotIn("obj", first)
+        self.assertIn("ZeroDivisionError", second["traceback"])
+        self.assertEqual(second["level"], "critical")

@@ -43,7 +43,11 @@ def kill(sig):
         os.killpg(child, sig)
     except ProcessLookupError:
         pass
+stopping = []
 def stop(signum, frame):
+    if stopping:
+        return
+    stopping.append(signum)
     kill(signum)
     signal.signal(signal.SIGALRM, lambda s, f: kill(signal.SIGKILL))
     signal.setitimer(signal.ITIMER_REAL, grace)
@@ -55,8 +59,10 @@ while True:
         break
     except InterruptedError:
         continue
-kill(signal.SIGTERM)
-sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+if not stopping:
+    kill(signal.SIGTERM)  # the shell is gone: its leftovers go too
+code = os.waitstatus_to_exitcode(status)
+sys.exit(128 - code if code < 0 else code)
 """
 
 _NAME = re.compile(r"\A([a-z][a-z0-9_.-]{0,31})=(.+)\Z", re.DOTALL)
