@@ -263,7 +263,7 @@ class JSONLinesTests(SynchronousTestCase):
             }
         )
         try:
-            1 / 0
+            raise ZeroDivisionError("boom")
         except ZeroDivisionError:
             observer({"log_format": "boom", "log_failure": Failure(), "log_level": LogLevel.critical})
         first, second = (json.loads(line) for line in out.getvalue().splitlines())
