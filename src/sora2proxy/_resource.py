@@ -6,12 +6,9 @@ relayed to the client.
 
 from __future__ import annotations
 
-import math
 import random as _random
 from collections.abc import Callable
-from typing import Any
 
-from attrs import define
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
@@ -28,39 +25,20 @@ from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._errors import (
     BODY_TOO_LARGE,
-    INTERNAL,
     NOT_FOUND,
     NOT_IMPLEMENTED,
     ErrorKind,
-    ProxyError,
-    write_error,
 )
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
 from ._messages import gave_up_message, unavailable
 from ._metrics import Telemetry
 from ._relay import BodyRelay, start_response
+from ._respond import RequestContext, Responder, body_length
 from ._retry import GaveUp, RetryLoop, RetryPolicy
 from ._site import body_too_large_message, raw_error
 from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
-
-
-@define
-class RequestContext:
-    """
-    What the proxy knows of one request while it handles it.
-
-    @ivar logged: its access event was emitted (exactly once per request).
-    """
-
-    request: Request
-    request_id: str
-    started: float
-    method: bytes
-    path: str
-    logged: bool = False
-    upstream: str | None = None
 
 
 @implementer(IResource)
@@ -103,6 +81,7 @@ class ProxyResource:
         """
         self._endpoints = endpoints
         self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
+        self._respond = Responder(config, clock, self.telemetry)
         self._config = config
         self._clock = clock
         self._agent = agent
@@ -160,7 +139,7 @@ class ProxyResource:
         try:
             self._forward(context)
         except Exception:
-            self._internal_error(context, Failure(), 0)
+            self._respond.internal_error(context, Failure(), 0)
         return NOT_DONE_YET
 
     def _forward(self, context: RequestContext) -> None:
@@ -168,11 +147,13 @@ class ProxyResource:
         target = split_target(request.uri, self._prefix)
         if target is None:
             path = context.path.partition("?")[0]
-            self._error(context, NOT_FOUND, f"{path} is not under the proxy prefix {self._config.prefix}.", 0)
+            self._respond.error(
+                context, NOT_FOUND, f"{path} is not under the proxy prefix {self._config.prefix}.", 0
+            )
             return
-        if _body_length(request) > self._config.max_body:
+        if body_length(request) > self._config.max_body:
             # Only reached when the site is not a ProxySite (an embedding's own).
-            self._error(context, BODY_TOO_LARGE, body_too_large_message(self._config.max_body), 0)
+            self._respond.error(context, BODY_TOO_LARGE, body_too_large_message(self._config.max_body), 0)
             return
         first = self._balancer.choose()
         if first is None:
@@ -227,20 +208,20 @@ class ProxyResource:
 
         def failed(failure: Failure) -> None:
             if failure.check(CancelledError):
-                self._log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
+                self._respond.log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
                 return
             gave_up = failure.value
             if isinstance(gave_up, GaveUp):
                 self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted)
             else:
-                self._internal_error(context, failure, loop.tries)
+                self._respond.internal_error(context, failure, loop.tries)
 
         result.addCallbacks(answered, failed).addErrback(self._internal_error_late, context, loop)
 
     def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:
         request = context.request
         if self._endpoints is None:
-            self._error(context, NOT_IMPLEMENTED, "WebSocket tunnelling is not set up here.", 0)
+            self._respond.error(context, NOT_IMPLEMENTED, "WebSocket tunnelling is not set up here.", 0)
             return
         url = upstream.base + rest
         secure = bool(request.isSecure())
@@ -249,14 +230,14 @@ class ProxyResource:
         def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:
             details = {
                 "attempts": tries,
-                "durationMs": self._elapsed_ms(context),
+                "durationMs": self._respond.elapsed_ms(context),
                 "suggestion": self._config.suggestion,
                 "upstream": upstream.url,
                 "requestId": context.request_id,
                 "reason": reason,
             }
             message = f"The API backend at {upstream.url} failed the WebSocket handshake: {reason}."
-            self._log_access(context, kind.status, tries, kind.error_type)
+            self._respond.log_access(context, kind.status, tries, kind.error_type)
             return raw_error(kind, message, details, context.request_id)
 
         Tunnel(
@@ -267,16 +248,16 @@ class ProxyResource:
             context.request_id,
             self._config.timeout,
             answer,
-            lambda tries: self._log_access(context, 101, tries, ""),
+            lambda tries: self._respond.log_access(context, 101, tries, ""),
         ).start(request)
 
     def _unavailable(self, context: RequestContext) -> None:
         kind, message, retry_after = unavailable(self._balancer, self._config)
-        self._error(context, kind, message, 0, retry_after=retry_after)
+        self._respond.error(context, kind, message, 0, retry_after=retry_after)
 
     def _gave_up(self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool) -> None:
         message, extra, suggestion = gave_up_message(gave_up, upstream, budget)
-        self._error(
+        self._respond.error(
             context,
             gave_up.failure.kind,
             message,
@@ -287,113 +268,12 @@ class ProxyResource:
             suggestion=suggestion,
         )
 
-    def _error(
-        self,
-        context: RequestContext,
-        kind: ErrorKind,
-        message: str,
-        attempts: int,
-        retry_after: float = 1.0,
-        extra: dict[str, Any] | None = None,
-        upstream: str | None = None,
-        suggestion: str | None = None,
-    ) -> None:
-        error = ProxyError(
-            kind=kind,
-            message=message,
-            attempts=attempts,
-            duration_ms=self._elapsed_ms(context),
-            suggestion=suggestion or self._config.suggestion,
-            upstream=upstream or ", ".join(self._config.upstreams),
-            request_id=context.request_id,
-            retry_after=math.ceil(retry_after),
-            extra=extra or {},
-        )
-        if not _client_connected(context.request):
-            self._log_access(context, 499, attempts, kind.error_type)
-            return
-        write_error(context.request, error)
-        self._log_access(context, kind.status, attempts, kind.error_type)
-
-    def _internal_error(self, context: RequestContext, failure: Failure, attempts: int) -> None:
-        self.log.failure(
-            "proxy bug while handling request {request_id}", failure, request_id=context.request_id
-        )
-        extra: dict[str, Any] = {}
-        if self._config.dev:
-            extra["traceback"] = failure.getTraceback()
-        request = context.request
-        if getattr(request, "startedWriting", False):
-            transport = getattr(request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-            self._log_access(context, request.code, attempts, INTERNAL.error_type)
-            return
-        self._error(
-            context,
-            INTERNAL,
-            f"The proxy failed while forwarding to {self._config.upstream}; this is a bug in the proxy.",
-            attempts,
-            extra=extra,
-        )
-
     def _internal_error_late(self, failure: Failure, context: RequestContext, loop: RetryLoop) -> None:
-        self._internal_error(context, failure, loop.tries)
+        self._respond.internal_error(context, failure, loop.tries)
 
     def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:
         error_type = "" if outcome is None else "UPSTREAM_ABORTED"
-        self._log_access(context, status, tries, error_type, context.upstream)
-
-    def _elapsed_ms(self, context: RequestContext) -> int:
-        return round((self._clock.seconds() - context.started) * 1000)
-
-    def _log_access(
-        self,
-        context: RequestContext,
-        status: int,
-        tries: int,
-        error_type: str,
-        upstream: str | None = None,
-    ) -> None:
-        if context.logged:
-            return
-        context.logged = True
-        upstream = upstream or self._config.upstream
-        elapsed = self._clock.seconds() - context.started
-        self.telemetry.request_finished(
-            context.method.decode("latin-1"),
-            context.path,
-            status,
-            error_type,
-            elapsed,
-            context.request_id,
-            upstream,
-        )
-        self.log.info(
-            "{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
-            method=context.method.decode("latin-1"),
-            path=context.path,
-            status=status,
-            tries=tries,
-            duration_ms=round(elapsed * 1000),
-            error_type=error_type,
-            request_id=context.request_id,
-            upstream=upstream,
-        )
-
-
-def _body_length(request: Request) -> int:
-    content = request.content
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    length: int = content.tell()
-    content.seek(0)
-    return length
-
-
-def _client_connected(request: Request) -> bool:
-    return not getattr(request, "_disconnected", False)
+        self._respond.log_access(context, status, tries, error_type, context.upstream)
 
 
 __all__ = ["ProxyResource", "RequestContext"]

@@ -1,0 +1,151 @@
+"""
+How a request ends: L{RequestContext} (what is known of one request),
+L{Responder} (the proxy's own error answers, the bug answer, and the one
+access event per request, counted in the telemetry).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from attrs import define
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from ._config import ProxyConfig
+from ._errors import INTERNAL, ErrorKind, ProxyError, write_error
+from ._metrics import Telemetry
+
+
+@define
+class RequestContext:
+    """
+    What the proxy knows of one request while it handles it.
+
+    @ivar logged: its access event was emitted (exactly once per request).
+    """
+
+    request: Request
+    request_id: str
+    started: float
+    method: bytes
+    path: str
+    logged: bool = False
+    upstream: str | None = None
+
+
+class Responder:
+    """
+    Writes the proxy's own answers and logs every request's end, once.
+    """
+
+    log = Logger(namespace="sora2proxy.access")
+
+    def __init__(self, config: ProxyConfig, clock: IReactorTime, telemetry: Telemetry) -> None:
+        self._config = config
+        self._clock = clock
+        self.telemetry = telemetry
+
+    def error(
+        self,
+        context: RequestContext,
+        kind: ErrorKind,
+        message: str,
+        attempts: int,
+        retry_after: float = 1.0,
+        extra: dict[str, Any] | None = None,
+        upstream: str | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        error = ProxyError(
+            kind=kind,
+            message=message,
+            attempts=attempts,
+            duration_ms=self.elapsed_ms(context),
+            suggestion=suggestion or self._config.suggestion,
+            upstream=upstream or ", ".join(self._config.upstreams),
+            request_id=context.request_id,
+            retry_after=math.ceil(retry_after),
+            extra=extra or {},
+        )
+        if not client_connected(context.request):
+            self.log_access(context, 499, attempts, kind.error_type)
+            return
+        write_error(context.request, error)
+        self.log_access(context, kind.status, attempts, kind.error_type)
+
+    def internal_error(self, context: RequestContext, failure: Failure, attempts: int) -> None:
+        self.log.failure(
+            "proxy bug while handling request {request_id}", failure, request_id=context.request_id
+        )
+        extra: dict[str, Any] = {}
+        if self._config.dev:
+            extra["traceback"] = failure.getTraceback()
+        request = context.request
+        if getattr(request, "startedWriting", False):
+            transport = getattr(request, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            self.log_access(context, request.code, attempts, INTERNAL.error_type)
+            return
+        self.error(
+            context,
+            INTERNAL,
+            f"The proxy failed while forwarding to {self._config.upstream}; this is a bug in the proxy.",
+            attempts,
+            extra=extra,
+        )
+
+    def elapsed_ms(self, context: RequestContext) -> int:
+        return round((self._clock.seconds() - context.started) * 1000)
+
+    def log_access(
+        self,
+        context: RequestContext,
+        status: int,
+        tries: int,
+        error_type: str,
+        upstream: str | None = None,
+    ) -> None:
+        if context.logged:
+            return
+        context.logged = True
+        upstream = upstream or self._config.upstream
+        elapsed = self._clock.seconds() - context.started
+        self.telemetry.request_finished(
+            context.method.decode("latin-1"),
+            context.path,
+            status,
+            error_type,
+            elapsed,
+            context.request_id,
+            upstream,
+        )
+        self.log.info(
+            "{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
+            method=context.method.decode("latin-1"),
+            path=context.path,
+            status=status,
+            tries=tries,
+            duration_ms=round(elapsed * 1000),
+            error_type=error_type,
+            request_id=context.request_id,
+            upstream=upstream,
+        )
+
+
+def body_length(request: Request) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    length: int = content.tell()
+    content.seek(0)
+    return length
+
+
+def client_connected(request: Request) -> bool:
+    return not getattr(request, "_disconnected", False)
