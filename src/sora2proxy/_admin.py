@@ -74,7 +74,10 @@ class Admin:
 
     def _snapshot(self) -> dict[str, Any]:
         telemetry = self.telemetry
-        return telemetry.board.snapshot(self.balancer.upstreams, telemetry.in_flight, telemetry.draining)
+        data = telemetry.board.snapshot(self.balancer.upstreams, telemetry.in_flight, telemetry.draining)
+        for name, section in telemetry.sections.items():
+            data[name] = section()
+        return data
 
     def status(self, request: Request) -> bytes:
         """

@@ -159,6 +159,27 @@ BALANCE_CHOICES = ("round-robin", "least-in-flight")
 LOG_FORMATS = ("text", "json")
 
 
+def _valid_store(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value in ("memory", "off"):
+        return
+    if not isinstance(value, str) or not value.startswith("redis://"):
+        raise ConfigError(
+            "--idempotency-store", f"must be memory, off or redis://HOST:PORT/DB, got {value!r}"
+        )
+    url = URL.from_text(value)
+    if not url.host or (url.path and url.path[0] and not url.path[0].isdigit()):
+        raise ConfigError("--idempotency-store", f"{value!r} is not redis://HOST:PORT/DB")
+
+
+def _valid_rules(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for rule in value:
+        method, colon, pattern = rule.partition(":")
+        if not colon or not method.isalpha() or not pattern.startswith("/"):
+            raise ConfigError(
+                "--require-idempotency-key", f"must be METHOD:/PATH-PATTERN (POST:/videos), got {rule!r}"
+            )
+
+
 def _valid_log_format(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in LOG_FORMATS:
         raise ConfigError("--log-format", f"must be text or json, got {value!r}")
@@ -215,6 +236,13 @@ class ProxyConfig:
     @ivar spawn: commands to run as child processes (C{NAME=COMMAND} or C{COMMAND}).
     @ivar log_format: C{text} or C{json} (JSON lines).
     @ivar drain_timeout: seconds requests in flight get to finish on shutdown.
+    @ivar idempotency_store: C{memory}, C{off}, or C{redis://HOST:PORT/DB}.
+    @ivar idempotency_ttl: seconds a stored answer is replayed.
+    @ivar idempotency_max_body: largest answer body stored, in bytes.
+    @ivar idempotency_max_entries: entries the memory store keeps at most.
+    @ivar idempotency_max_bytes: bytes the memory store keeps at most.
+    @ivar idempotency_fail_closed: answer 503 when the store cannot be reached.
+    @ivar require_idempotency_key: C{METHOD:PATH-PATTERN}s that must carry a key.
     """
 
     upstreams: tuple[str, ...] = field(
@@ -245,6 +273,13 @@ class ProxyConfig:
     spawn: tuple[str, ...] = field(default=(), converter=tuple)
     log_format: str = field(default="text", validator=_valid_log_format)
     drain_timeout: float = field(default=10.0, validator=_not_negative)
+    idempotency_store: str = field(default="memory", validator=_valid_store)
+    idempotency_ttl: float = field(default=86_400.0, validator=_positive)
+    idempotency_max_body: int = field(default=1024 * 1024, validator=_whole_not_negative)
+    idempotency_max_entries: int = field(default=10_000, validator=_at_least_one)
+    idempotency_max_bytes: int = field(default=64 * 1024 * 1024, validator=_at_least_one)
+    idempotency_fail_closed: bool = False
+    require_idempotency_key: tuple[str, ...] = field(default=(), converter=tuple, validator=_valid_rules)
 
     @property
     def upstream(self) -> str:

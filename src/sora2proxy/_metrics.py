@@ -6,8 +6,13 @@ in-flight count, the draining flag, and the L{StatusBoard} of the status page.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
 from ._status import StatusBoard
@@ -35,6 +40,7 @@ class Telemetry:
     in_flight: int = 0
     draining: bool = False
     board: StatusBoard = field(init=False)
+    sections: dict[str, Callable[[], dict[str, Any]]] = field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         registry = self.registry
@@ -72,6 +78,23 @@ class Telemetry:
             "sora2proxy_health_check_duration_seconds", "Health-check latency.", ["upstream"],
             buckets=_LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
+
+    def watch_idempotency(self, guard: Any) -> None:
+        """
+        Export C{guard}'s counters (replays, conflicts, key reuse, store size
+        and errors) in the metrics and on the status page.
+        """
+        self.registry.register(_IdempotencyCollector(guard))
+        self.sections["idempotency"] = lambda: {
+            "store": guard.store.description,
+            "entries": guard.store.size(),
+            "replays": guard.replays,
+            "conflicts": guard.conflicts,
+            "keyReused": guard.reused,
+            "storeErrors": guard.store_errors,
+            "lastStoreError": guard.last_store_error,
+            "failClosed": guard.fail_closed,
+        }
 
     def request_started(self) -> None:
         """
@@ -120,3 +143,27 @@ class Telemetry:
         """
         self._health.labels(upstream).set(_HEALTH_VALUES.get(status, -1.0))
         self._health_seconds.labels(upstream).observe(seconds)
+
+
+class _IdempotencyCollector(Collector):
+    """
+    Reads an idempotency guard's counters at scrape time.
+    """
+
+    def __init__(self, guard: Any) -> None:
+        self._guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        guard = self._guard
+        for name, help_text, value in (
+            ("sora2proxy_idempotency_replays", "Stored answers replayed.", guard.replays),
+            ("sora2proxy_idempotency_conflicts", "409s: the key's request still in flight.", guard.conflicts),
+            ("sora2proxy_idempotency_key_reused", "422s: the key reused for another request.", guard.reused),
+            ("sora2proxy_idempotency_store_errors", "Store operations that failed.", guard.store_errors),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily(
+            "sora2proxy_idempotency_store_entries",
+            "Entries in the store (-1: unknown).",
+            value=guard.store.size(),
+        )

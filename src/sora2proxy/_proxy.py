@@ -20,6 +20,8 @@ from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
+from ._idempotency import IdempotencyGuard
+from ._idempotency_store import IdempotencyStore, MemoryStore, redis_store
 from ._metrics import Telemetry
 from ._resource import ProxyResource
 from ._upstreams import Balancer, Ejection, Upstream
@@ -77,6 +79,33 @@ class _PoolService(Service):
         return closed
 
 
+def idempotency_guard(
+    config: ProxyConfig, clock: IReactorTime, telemetry: Telemetry
+) -> IdempotencyGuard | None:
+    """
+    The Idempotency-Key guard of C{config}, its metrics and status registered;
+    L{None} with C{--idempotency-store off}.
+    """
+    if config.idempotency_store == "off":
+        return None
+    store: IdempotencyStore
+    if config.idempotency_store == "memory":
+        store = MemoryStore(clock, config.idempotency_max_entries, config.idempotency_max_bytes)
+    else:
+        store = redis_store(config.idempotency_store)
+    longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
+    guard = IdempotencyGuard(
+        store,
+        ttl=config.idempotency_ttl,
+        in_flight_ttl=longest + 60,
+        max_body=config.idempotency_max_body,
+        fail_closed=config.idempotency_fail_closed,
+        required=config.require_idempotency_key,
+    )
+    telemetry.watch_idempotency(guard)
+    return guard
+
+
 def build_proxy(
     config: ProxyConfig,
     reactor: Any,
@@ -120,7 +149,16 @@ def build_proxy(
         upstreams.append(Upstream(url, base_of(url), health, ejection))
     balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
     budget = RetryBudget(clock, config.retry_budget)
+    guard = idempotency_guard(config, clock, telemetry)
     resource = ProxyResource(
-        config, clock, agent, balancer, budget, random=random, endpoints=endpoints, telemetry=telemetry
+        config,
+        clock,
+        agent,
+        balancer,
+        budget,
+        random=random,
+        endpoints=endpoints,
+        telemetry=telemetry,
+        guard=guard,
     )
     return Proxy(resource, service, balancer, telemetry)

@@ -17,7 +17,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._headers import REQUEST_ID, append_via, connection_named, end_to_end
+from ._headers import HOP_BY_HOP, REQUEST_ID, append_via, connection_named, end_to_end
+from ._idempotency_store import StoredResponse
 
 
 class BodyRelay(Protocol):
@@ -28,9 +29,15 @@ class BodyRelay(Protocol):
         with the L{Failure} that cut it short.
     """
 
-    def __init__(self, request: Request, done: Callable[[Failure | None], None]) -> None:
+    def __init__(
+        self,
+        request: Request,
+        done: Callable[[Failure | None], None],
+        on_data: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._request = request
         self._done = done
+        self._on_data = on_data
         self._client_gone = False
         self._producing: IPushProducer | None = None
 
@@ -44,6 +51,8 @@ class BodyRelay(Protocol):
         self._request.registerProducer(producer, True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._on_data is not None:
+            self._on_data(data)
         if not self._client_gone:
             self._request.write(data)
 
@@ -159,3 +168,21 @@ def _public_base(request: Request) -> bytes:
     scheme = b"https" if request.isSecure() else b"http"
     host = request.getHeader(b"host") or b"localhost"
     return scheme + b"://" + host
+
+
+def write_replay(request: Request, stored: StoredResponse, request_id: str) -> None:
+    """
+    Answer with a stored upstream response (an Idempotency-Key replay): the
+    same status, headers and body, marked C{Idempotent-Replayed: true}.
+    """
+    request.setResponseCode(stored.status, stored.phrase)
+    headers = request.responseHeaders
+    for name, values in stored.headers:
+        if name.lower() not in HOP_BY_HOP:
+            headers.setRawHeaders(name, list(values))
+    headers.setRawHeaders(b"content-length", [b"%d" % len(stored.body)])
+    headers.setRawHeaders(b"idempotent-replayed", [b"true"])
+    append_via(headers)
+    headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+    request.write(stored.body)
+    request.finish()

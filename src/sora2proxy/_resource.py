@@ -20,7 +20,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ._attempt import body_of, forwarded_headers, split_target
+from ._attempt import Target, body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._errors import (
@@ -31,10 +31,11 @@ from ._errors import (
 )
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
+from ._idempotency import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
 from ._messages import gave_up_message, unavailable
 from ._metrics import Telemetry
-from ._relay import BodyRelay, start_response
-from ._respond import RequestContext, Responder, body_length
+from ._relay import BodyRelay, start_response, write_replay
+from ._respond import RequestContext, Responder, body_length, client_connected
 from ._retry import GaveUp, RetryLoop, RetryPolicy
 from ._site import body_too_large_message, raw_error
 from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
@@ -64,6 +65,7 @@ class ProxyResource:
         random: Callable[[], float] | None = None,
         endpoints: IAgentEndpointFactory | None = None,
         telemetry: Telemetry | None = None,
+        guard: IdempotencyGuard | None = None,
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
@@ -78,10 +80,12 @@ class ProxyResource:
         @param endpoints: where WebSocket tunnels connect; without it a
             WebSocket upgrade is answered 501.
         @param telemetry: metrics and status board; by default a new one.
+        @param guard: Idempotency-Key handling; L{None} passes keys through.
         """
         self._endpoints = endpoints
         self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
         self._respond = Responder(config, clock, self.telemetry)
+        self._guard = guard
         self._config = config
         self._clock = clock
         self._agent = agent
@@ -159,10 +163,30 @@ class ProxyResource:
         if first is None:
             self._unavailable(context)
             return
-        self._budget.record_request()
         if wants_websocket(request):
+            self._budget.record_request()
             self._tunnel(context, target.rest + target.query, first)
             return
+        if self._guard is None or request.method not in CHECKED_METHODS:
+            self._send(context, target, first, None)
+            return
+        verdict = self._guard.verdict(request, target.rest)
+        verdict.addCallback(self._judged, context, target, first)
+        verdict.addErrback(self._respond.internal_error_late, context, 0)
+
+    def _judged(self, verdict: Verdict, context: RequestContext, target: Target, first: Upstream) -> None:
+        if isinstance(verdict, Reject):
+            self._respond.error(context, verdict.kind, verdict.message, 0, suggestion=verdict.suggestion)
+        elif isinstance(verdict, Replay):
+            if client_connected(context.request):
+                write_replay(context.request, verdict.response, context.request_id)
+            self._respond.log_access(context, verdict.response.status, 0, "IDEMPOTENT_REPLAY")
+        else:
+            self._send(context, target, first, verdict)
+
+    def _send(self, context: RequestContext, target: Target, first: Upstream, ticket: Ticket | None) -> None:
+        request = context.request
+        self._budget.record_request()
         router = RequestRouter(
             self._balancer,
             self._agent,
@@ -202,21 +226,32 @@ class ProxyResource:
         def answered(response: IResponse) -> None:
             context.upstream = router.current.url
             start_response(request, response, context.request_id, router.current.base, self._prefix)
-            body = BodyRelay(request, lambda outcome: self._done(context, loop.tries, response.code, outcome))
+
+            def done(outcome: Failure | None) -> None:
+                if ticket is not None:
+                    ticket.finished(outcome)
+                self._done(context, loop.tries, response.code, outcome)
+
+            if ticket is not None:
+                ticket.answered(response)
+            body = BodyRelay(request, done, None if ticket is None else ticket.data)
             relay.append(body)
             response.deliverBody(body)
 
         def failed(failure: Failure) -> None:
+            if ticket is not None:
+                ticket.release()
             if failure.check(CancelledError):
                 self._respond.log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
                 return
             gave_up = failure.value
             if isinstance(gave_up, GaveUp):
-                self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted)
+                unknown = ticket is not None and loop.maybe_reached
+                self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted, unknown)
             else:
                 self._respond.internal_error(context, failure, loop.tries)
 
-        result.addCallbacks(answered, failed).addErrback(self._internal_error_late, context, loop)
+        result.addCallbacks(answered, failed).addErrback(self._respond.internal_error_late, context, loop)
 
     def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:
         request = context.request
@@ -255,8 +290,13 @@ class ProxyResource:
         kind, message, retry_after = unavailable(self._balancer, self._config)
         self._respond.error(context, kind, message, 0, retry_after=retry_after)
 
-    def _gave_up(self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool) -> None:
+    def _gave_up(
+        self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool
+    ) -> None:
         message, extra, suggestion = gave_up_message(gave_up, upstream, budget)
+        if unknown:
+            # The key is released: the backend may have acted; it stays the authority.
+            extra["outcomeUnknown"] = True
         self._respond.error(
             context,
             gave_up.failure.kind,
@@ -267,9 +307,6 @@ class ProxyResource:
             upstream=upstream,
             suggestion=suggestion,
         )
-
-    def _internal_error_late(self, failure: Failure, context: RequestContext, loop: RetryLoop) -> None:
-        self._respond.internal_error(context, failure, loop.tries)
 
     def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:
         error_type = "" if outcome is None else "UPSTREAM_ABORTED"

@@ -99,6 +99,12 @@ class Responder:
             extra=extra,
         )
 
+    def internal_error_late(self, failure: Failure, context: RequestContext, loop: Any) -> None:
+        """
+        An errback: a bug after the request was handed on.
+        """
+        self.internal_error(context, failure, getattr(loop, "tries", 0))
+
     def elapsed_ms(self, context: RequestContext) -> int:
         return round((self._clock.seconds() - context.started) * 1000)
 

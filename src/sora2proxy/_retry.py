@@ -232,6 +232,7 @@ class RetryLoop:
     _random: Callable[[], float] = field(default=lambda: 1.0)
     tries: int = 0
     budget_exhausted: bool = False
+    maybe_reached: bool = False
     _pending: Deferred[None] | None = field(default=None, init=False)
     _wait: IDelayedCall | None = field(default=None, init=False)
     _result: Deferred[IResponse] | None = field(default=None, init=False)
@@ -288,6 +289,7 @@ class RetryLoop:
 
     def _answered(self, response: IResponse) -> None:
         self._pending = None
+        self.maybe_reached = True
         self._router.succeeded(response)
         retry_after = parse_retry_after(response.headers.getRawHeaders(b"retry-after"), self._clock.seconds())
         decision = self._policy.after_response(
@@ -314,6 +316,7 @@ class RetryLoop:
             self._finish(failure)
             return
         self._router.failed(try_failure)
+        self.maybe_reached = self.maybe_reached or try_failure.reached_upstream
         decision = self._policy.after_failure(
             self._method,
             self._has_idempotency_key,

@@ -157,8 +157,27 @@ border-bottom:1px solid #eee;vertical-align:top}}
 <h2>Recent errors</h2>
 <table id=recent-errors><tr><th>time (UTC)</th><th>request id</th><th>request</th><th>status</th>
 <th>errorType</th></tr>{errors}</table>
+{_idempotency_html(data.get("idempotency"))}
 <p class=none>Same data as JSON: <a href="status.json">status.json</a> &middot;
 <a href="metrics">metrics</a></p>
 </body></html>
 """
     return page.encode("utf-8")
+
+
+def _idempotency_html(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    e = html.escape
+    errors = section["storeErrors"]
+    problem = (
+        f' <b class="health down">{errors} store errors</b> ({e(section["lastStoreError"])}); '
+        + ("answering 503 (fail closed)" if section["failClosed"] else "serving without deduplication")
+        if errors
+        else ""
+    )
+    return (
+        f"<h2>Idempotency-Key</h2><p id=idempotency>store <b>{e(section['store'])}</b>, "
+        f"{section['entries']} entries; {section['replays']} replays, {section['conflicts']} in-flight "
+        f"conflicts, {section['keyReused']} keys reused.{problem}</p>"
+    )

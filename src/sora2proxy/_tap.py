@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["dev", None, "Show tracebacks in 500 error bodies (never otherwise)."],
         ["jitter", None, "Full jitter: each backoff wait is uniform in [0, BACKOFF*k]."],
         ["preserve-host", None, "Send the client's Host header upstream instead of the upstream's."],
+        ["idempotency-fail-closed", None, "Answer 503 when the idempotency store cannot be reached."],
         [
             "retry-all-methods",
             None,
@@ -90,6 +91,11 @@ class Options(usage.Options):
             "Admin endpoint (health, ready, metrics, status); 'none' disables.",
         ],
         ["log-format", None, "text", "text, or json for JSON lines."],
+        ["idempotency-store", None, "memory", "memory, off, or redis://HOST:PORT/DB (shared)."],
+        ["idempotency-ttl", None, "86400", "Seconds a stored answer is replayed."],
+        ["idempotency-max-body", None, str(1024 * 1024), "Largest answer body stored for replay, in bytes."],
+        ["idempotency-max-entries", None, "10000", "Entries the memory store keeps at most."],
+        ["idempotency-max-bytes", None, str(64 * 1024 * 1024), "Bytes the memory store keeps at most."],
         ["drain-timeout", None, "10", "Seconds requests in flight get to finish on shutdown."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
@@ -100,6 +106,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["upstream"] = []
         self["spawn"] = []
+        self["require-idempotency-key"] = []
         self.config: ProxyConfig | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -119,6 +126,12 @@ class Options(usage.Options):
         Run COMMAND (or NAME=COMMAND) as a child process: its output is logged under its name, it is restarted if it dies and stopped with the proxy (repeatable).
         """  # noqa: E501
         self["spawn"].append(command)
+
+    def opt_require_idempotency_key(self, rule: str) -> None:
+        """
+        METHOD:PATH-PATTERN (e.g. POST:/videos, after the prefix) whose requests must carry an Idempotency-Key (repeatable).
+        """  # noqa: E501
+        self["require-idempotency-key"].append(rule)
 
     def postOptions(self) -> None:
         try:
@@ -173,6 +186,15 @@ class Options(usage.Options):
             spawn=tuple(self["spawn"]),
             log_format=self["log-format"],
             drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
+            idempotency_store=self["idempotency-store"],
+            idempotency_ttl=_number("--idempotency-ttl", self["idempotency-ttl"]),
+            idempotency_max_body=_number("--idempotency-max-body", self["idempotency-max-body"], int),
+            idempotency_max_entries=_number(
+                "--idempotency-max-entries", self["idempotency-max-entries"], int
+            ),
+            idempotency_max_bytes=_number("--idempotency-max-bytes", self["idempotency-max-bytes"], int),
+            idempotency_fail_closed=bool(self["idempotency-fail-closed"]),
+            require_idempotency_key=tuple(self["require-idempotency-key"]),
         )
 
 
