@@ -14,6 +14,7 @@ from typing import IO
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -123,6 +124,12 @@ class Ticket:
 Verdict = Reject | Replay | Ticket | None
 
 
+def _store_timed_out(result: object, seconds: float) -> object:
+    if isinstance(result, Failure):
+        return Failure(StoreUnavailable(f"no answer within {seconds:g} s"))
+    return result
+
+
 def _digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -156,7 +163,9 @@ class IdempotencyGuard:
     log = Logger()
 
     store: IdempotencyStore
+    _clock: IReactorTime
     ttl: float = 86_400.0
+    store_timeout: float = 2.0
     in_flight_ttl: float = 300.0
     max_body: int = 1024 * 1024
     fail_closed: bool = False
@@ -198,6 +207,7 @@ class IdempotencyGuard:
         scoped = _digest(credentials, key)
         fingerprint = _digest(method, request.uri, _body_digest(request.content), credentials)
         claiming = self.store.claim(scoped, fingerprint, self.in_flight_ttl)
+        claiming.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
         return claiming.addCallbacks(
             lambda existing: self._decide(existing, scoped, fingerprint), self._store_failed
         )
@@ -248,13 +258,17 @@ class IdempotencyGuard:
         """
         Store an answer (store errors are logged, never raised).
         """
-        self.store.complete(key, entry, self.ttl).addErrback(self._ignored)
+        storing = self.store.complete(key, entry, self.ttl)
+        storing.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
+        storing.addErrback(self._ignored)
 
     def release(self, key: str) -> None:
         """
         Free a key (store errors are logged, never raised).
         """
-        self.store.release(key).addErrback(self._ignored)
+        releasing = self.store.release(key)
+        releasing.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
+        releasing.addErrback(self._ignored)
 
     def _ignored(self, failure: Failure) -> None:
         failure.trap(StoreUnavailable)

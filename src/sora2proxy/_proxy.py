@@ -96,6 +96,7 @@ def idempotency_guard(
     longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
     guard = IdempotencyGuard(
         store,
+        clock,
         ttl=config.idempotency_ttl,
         in_flight_ttl=longest + 60,
         max_body=config.idempotency_max_body,
