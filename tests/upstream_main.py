@@ -5,6 +5,7 @@ L{RecordingUpstream} on loopback and prints C{listening on PORT}.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -26,6 +27,11 @@ class SlowOnRequest(Resource):
         self.inner = RecordingUpstream()
 
     def render(self, request: Request) -> Any:
+        if request.path.endswith(b"/__count"):
+            counts: dict[str, int] = {}
+            for seen in self.inner.seen:
+                counts[seen.method.decode()] = counts.get(seen.method.decode(), 0) + 1
+            return json.dumps(counts).encode()
         if b"/slow" not in request.path:
             return self.inner.render(request)
 
