@@ -68,6 +68,8 @@ setup(
         "klein>=23.5.0",
         "attrs>=23.1.0",
         "hyperlink>=21.0.0",
+        "prometheus_client>=0.17",
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "test": [
