@@ -236,6 +236,9 @@ class ProxyConfig:
     @ivar spawn: commands to run as child processes (C{NAME=COMMAND} or C{COMMAND}).
     @ivar log_format: C{text} or C{json} (JSON lines).
     @ivar drain_timeout: seconds requests in flight get to finish on shutdown.
+    @ivar max_inflight: requests handled at once; more get 503 C{OVERLOADED}.
+    @ivar header_timeout: seconds a client may take to send a request's headers (0: no limit).
+    @ivar idle_timeout: seconds an idle client connection is kept (0: no limit).
     @ivar idempotency_store: C{memory}, C{off}, or C{redis://HOST:PORT/DB}.
     @ivar idempotency_ttl: seconds a stored answer is replayed.
     @ivar idempotency_max_body: largest answer body stored, in bytes.
@@ -273,6 +276,9 @@ class ProxyConfig:
     spawn: tuple[str, ...] = field(default=(), converter=tuple)
     log_format: str = field(default="text", validator=_valid_log_format)
     drain_timeout: float = field(default=10.0, validator=_not_negative)
+    max_inflight: int = field(default=1000, validator=_at_least_one)
+    header_timeout: float = field(default=10.0, validator=_not_negative)
+    idle_timeout: float = field(default=60.0, validator=_not_negative)
     idempotency_store: str = field(default="memory", validator=_valid_store)
     idempotency_ttl: float = field(default=86_400.0, validator=_positive)
     idempotency_max_body: int = field(default=1024 * 1024, validator=_whole_not_negative)

@@ -47,6 +47,7 @@ BODY_TOO_LARGE = ErrorKind("BODY_TOO_LARGE", 413, "Request body too large")
 UPSTREAM_TLS_ERROR = ErrorKind("UPSTREAM_TLS_ERROR", 502, "Upstream TLS failure")
 BAD_REQUEST = ErrorKind("BAD_REQUEST", 400, "Bad request")
 INTERNAL = ErrorKind("INTERNAL", 500, "Internal proxy error")
+OVERLOADED = ErrorKind("OVERLOADED", 503, "Proxy overloaded", retry_after=True)
 NOT_IMPLEMENTED = ErrorKind("NOT_IMPLEMENTED", 501, "Not implemented")
 
 ERROR_KINDS: Mapping[str, ErrorKind] = {
@@ -62,6 +63,7 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
         UPSTREAM_TLS_ERROR,
         BAD_REQUEST,
         INTERNAL,
+        OVERLOADED,
         NOT_IMPLEMENTED,
     )
 }

@@ -24,9 +24,11 @@ from ._attempt import Target, body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
 from ._config import ProxyConfig, base_of
 from ._errors import (
+    BAD_REQUEST,
     BODY_TOO_LARGE,
     NOT_FOUND,
     NOT_IMPLEMENTED,
+    OVERLOADED,
     ErrorKind,
 )
 from ._headers import REQUEST_ID, request_id_from
@@ -34,6 +36,7 @@ from ._health import HealthState
 from ._idempotency import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
 from ._messages import gave_up_message, unavailable
 from ._metrics import Telemetry
+from ._paths import TargetRefused, check_target
 from ._relay import BodyRelay, start_response, write_replay
 from ._respond import RequestContext, Responder, body_length, client_connected
 from ._retry import GaveUp, RetryLoop, RetryPolicy
@@ -148,7 +151,15 @@ class ProxyResource:
 
     def _forward(self, context: RequestContext) -> None:
         request = context.request
-        target = split_target(request.uri, self._prefix)
+        if self.telemetry.in_flight > self._config.max_inflight:
+            message = f"The proxy is handling {self._config.max_inflight} requests already (--max-inflight)."
+            self._respond.error(context, OVERLOADED, message, 0, suggestion="Retry in a moment.")
+            return
+        checked = check_target(request.method, request.uri)
+        if isinstance(checked, TargetRefused):
+            self._respond.error(context, BAD_REQUEST, checked.reason, 0, suggestion="Fix the request's path.")
+            return
+        target = split_target(checked, self._prefix)
         if target is None:
             path = context.path.partition("?")[0]
             self._respond.error(

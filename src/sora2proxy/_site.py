@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.web.server import Request, Site
 
+from ._channel import ProxyChannel
 from ._config import ProxyConfig
 from ._errors import BODY_TOO_LARGE, ErrorKind
 from ._headers import request_id_from
@@ -116,13 +117,22 @@ class QuietSite(Site):
 
 class ProxySite(QuietSite):
     """
-    The site that serves the proxy: its requests are L{ProxyRequest}s.
+    The site that serves the proxy: its connections are L{ProxyChannel}s
+    (request-head limits), its requests L{ProxyRequest}s (body limit), and
+    idle connections close after C{config.idle_timeout}.
 
-    @ivar config: the proxy's configuration (its C{max_body}).
+    @ivar config: the proxy's configuration.
     """
 
+    protocol = ProxyChannel  # type: ignore[assignment]
     requestFactory = ProxyRequest
 
     def __init__(self, resource: Any, config: ProxyConfig, reactor: Any = None) -> None:
         super().__init__(resource, reactor=reactor)
         self.config = config
+        self.timeOut = config.idle_timeout or None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        channel.header_timeout = self.config.header_timeout
+        return channel

@@ -1,0 +1,113 @@
+"""
+L{ProxyChannel}: the HTTP/1.1 server connection, with the limits a front
+door needs: request line length (414), header count and size (431), and the
+time a client may take to send its headers (408, against slowloris).  Twisted
+(24.7 and later) itself refuses ambiguous framing (C{Content-Length} with
+C{Transfer-Encoding}, repeated or invalid C{Content-Length}) with 400 and
+answers pipelined requests in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.web.http import HTTPChannel
+
+from ._errors import ErrorKind
+from ._headers import new_request_id
+
+URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
+HEADERS_TOO_LARGE = ErrorKind("HEADERS_TOO_LARGE", 431, "Request headers too large")
+HEADER_TIMEOUT = ErrorKind("HEADER_TIMEOUT", 408, "Request headers too slow")
+
+#: Longest request line (method, target, version).
+MAX_REQUEST_LINE = 8192
+#: Most header lines in one request.
+MAX_HEADERS = 100
+#: Most bytes of request line plus headers.
+MAX_HEAD_BYTES = 32768
+
+
+class ProxyChannel(HTTPChannel):
+    """
+    An C{HTTPChannel} that enforces the proxy's request-head limits.
+
+    @ivar header_timeout: seconds from a request's first byte to the end of
+        its headers (0 disables).
+    """
+
+    header_timeout = 10.0
+    totalHeadersSize = MAX_HEAD_BYTES + 1024  # Twisted's own check stays a backstop
+    maxHeaders = MAX_HEADERS + 10
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._head_lines = 0
+        self._head_bytes = 0
+        self._head_timer: IDelayedCall | None = None
+        self._refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.line_mode and self._head_timer is None and self.header_timeout:
+            clock = getattr(getattr(self, "site", None), "reactor", None)
+            if clock is not None:
+                self._head_timer = clock.callLater(self.header_timeout, self._too_slow)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        first = self._head_lines == 0
+        self._head_lines += 1
+        self._head_bytes += len(line) + 2
+        if first and len(line) > MAX_REQUEST_LINE:
+            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.")
+            return
+        if self._head_lines > MAX_HEADERS + 1 or self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(
+                HEADERS_TOO_LARGE,
+                f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them.",
+            )
+            return
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_lines == 0:
+            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.")
+        else:
+            self._refuse(HEADERS_TOO_LARGE, "A request header line is too long.")
+
+    def allHeadersReceived(self) -> None:
+        self._head_lines = 0
+        self._head_bytes = 0
+        self._cancel_timer()
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def _cancel_timer(self) -> None:
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(HEADER_TIMEOUT, f"The request headers did not arrive within {self.header_timeout:g} s.")
+
+    def _refuse(self, kind: ErrorKind, message: str) -> None:
+        from ._site import raw_error
+
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_timer()
+        request_id = new_request_id()
+        details = {"attempts": 0, "durationMs": 0, "requestId": request_id, "suggestion": message}
+        if self.transport is not None:
+            self.transport.write(raw_error(kind, message, details, request_id))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_timer()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
