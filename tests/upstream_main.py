@@ -32,15 +32,40 @@ class SlowOnRequest(Resource):
             for seen in self.inner.seen:
                 counts[seen.method.decode()] = counts.get(seen.method.decode(), 0) + 1
             return json.dumps(counts).encode()
+        if request.path.endswith(b"/__last"):
+            last = self.inner.seen[-1] if self.inner.seen else None
+            return json.dumps({"uri": None if last is None else last.uri.decode("latin-1")}).encode()
+        if request.path.endswith(b"/__posts"):
+            counts = {}
+            for seen in self.inner.seen:
+                if seen.method == b"POST":
+                    body = seen.body.decode("latin-1")
+                    counts[body] = counts.get(body, 0) + 1
+            return json.dumps(counts).encode()
+        if b"/reset" in request.path:
+            self.inner.seen.append(_seen(request))
+            assert request.transport is not None
+            request.transport.abortConnection()
+            return NOT_DONE_YET
         if b"/slow" not in request.path:
+            request.setHeader(b"x-upstream", b"yes")
             return self.inner.render(request)
 
         def answer() -> None:
-            request.write(b'{"slow": "done"}')
-            request.finish()
+            if not request._disconnected:
+                request.write(b'{"slow": "done"}')
+                request.finish()
 
-        deferLater(reactor, 1.5, answer)
+        delay = 0.3 if b"/slowish" in request.path else 1.5
+        deferLater(reactor, delay, answer)
         return NOT_DONE_YET
+
+
+def _seen(request: Request) -> Any:
+    from tests.helpers import Seen
+
+    assert request.content is not None
+    return Seen(request.method, request.uri, request.requestHeaders.copy(), request.content.read())
 
 
 def main() -> None:
