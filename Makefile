@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint types unit bench clean
+.PHONY: run test lint types unit bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ unit: $(STAMP)
 	$(BIN)/coverage report
 
 test: lint types unit
+
+# The long fault-injection soak (the suite runs a 12 s one); prints its counts.
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --seconds 120
 
 # A benchmark, not a test: prints figures, never fails the build.
 bench: $(STAMP)

@@ -6,6 +6,7 @@ L{RecordingUpstream} on loopback and prints C{listening on PORT}.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -49,6 +50,11 @@ class SlowOnRequest(Resource):
             return NOT_DONE_YET
         if b"/slow" not in request.path:
             request.setHeader(b"x-upstream", b"yes")
+            if request.method == b"POST" and os.environ.get("SORA2PROXY_POST_LOG"):
+                assert request.content is not None
+                with open(os.environ["SORA2PROXY_POST_LOG"], "ab") as log:
+                    log.write(request.content.read() + b"\n")
+                request.content.seek(0)
             return self.inner.render(request)
 
         def answer() -> None:
