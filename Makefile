@@ -44,6 +44,7 @@ soak: $(STAMP)
 
 # A benchmark, not a test: prints figures, never fails the build.
 bench: $(STAMP)
+	-$(BIN)/python bench/run.py
 	-$(BIN)/python bench/memory.py
 
 clean:

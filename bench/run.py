@@ -1,0 +1,253 @@
+"""
+``make bench``: sora2proxy against the physical limit and the alternatives,
+side by side, with wrk on loopback.  A benchmark, not a test: it prints a
+table and never fails the build.
+
+Contenders: direct to the upstream (nginx), nginx as a reverse proxy with
+upstream keep-alive, Twisted's ``ReverseProxyResource``, and sora2proxy with
+its full feature set (health monitor, retries, request ids, metrics, admin,
+idempotency store).  Scenarios: small GET at 1 connection (latency), small GET
+at 64 connections (requests/s), a 256 MiB download (MB/s), 1 MiB POSTs
+(requests/s).  Each figure is the median of ROUNDS runs, contenders
+interleaved round by round; the proxy under test runs on CPU 0, wrk and the
+upstream on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    return (
+        ["taskset", "-c", str(cpu)]
+        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
+        else []
+    ) + argv  # type: ignore[operator]
+
+
+def wait_port(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened (logs in the bench-* temporary directory)")
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    upstream sink {{ server 127.0.0.1:{sink}; keepalive 64; }}
+    upstream origin {{ server 127.0.0.1:{direct}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{direct};
+        root {dir}/www;
+        location /api/health {{ return 200 '{{"status":"ok"}}'; }}
+        location /api/ {{ alias {dir}/www/; }}
+        location /sink/ {{ proxy_pass http://sink/; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
+    }}
+    server {{
+        listen 127.0.0.1:{proxied};
+        location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; proxy_buffering on; }}
+    }}
+}}
+"""
+
+
+def wrk(url: str, connections: int, seconds: float, script: str | None = None) -> str:
+    argv = [
+        "wrk",
+        "-t",
+        "1" if connections == 1 else "2",
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--latency",
+    ]
+    if script:
+        argv += ["-s", script]
+    result = subprocess.run(pinned(1, [*argv, url]), capture_output=True, text=True, timeout=seconds + 60)
+    return result.stdout
+
+
+def parse(output: str) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if found:
+        figures["rps"] = float(found.group(1))
+    found = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output)
+    if found:
+        scale = {"B": 1e-6, "KB": 1.024e-3, "MB": 1.048576, "GB": 1073.741824}[found.group(2)]
+        figures["mbps"] = float(found.group(1)) * scale
+    for pct in ("50", "99"):
+        found = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", output)
+        if found:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+            figures[f"p{pct}"] = float(found.group(1)) * scale
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    figures["non2xx"] = float(errors.group(1)) if errors else 0.0
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--big-mib", type=int, default=256)
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not shutil.which("nginx"):
+        print("make bench needs wrk and nginx (Debian: wrk nginx-light); skipping")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    tmp.chmod(0o755)  # nginx workers run as nobody
+    (tmp / "www").mkdir()
+    (tmp / "www" / "small.json").write_bytes(
+        b'{"id":"video_1","status":"completed","progress":100,"url":"/v/1.mp4","size":4194304}\n'
+    )
+    with (tmp / "www" / "big.bin").open("wb") as f:
+        f.truncate(args.big_mib * 1024 * 1024)
+    post_script = tmp / "post.lua"
+    post_script.write_text(
+        'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    ports = {name: free_port() for name in ("direct", "proxied", "sink", "rpr", "s2p", "admin")}
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, **ports))
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(cpu: int, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (tmp / f"child-{len(children)}.log").open("wb")
+        child = subprocess.Popen(pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        children.append(child)
+        return child
+
+    try:
+        spawn(1, [sys.executable, str(HERE / "upstreams.py"), "sink", str(ports["sink"])])
+        spawn(1, ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
+        wait_port(ports["direct"])
+        wait_port(ports["sink"])
+        spawn(0, [sys.executable, str(HERE / "upstreams.py"), "rpr", str(ports["rpr"]), str(ports["direct"])])
+        s2p = spawn(0, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
+                        f"tcp:{ports['s2p']}:interface=127.0.0.1", "--admin-listen",
+                        f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
+                        f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
+                        "--max-inflight", "100000"])  # fmt: skip
+        for name in ("rpr", "s2p"):
+            wait_port(ports[name])
+        contenders = {
+            "direct": f"http://127.0.0.1:{ports['direct']}",
+            "nginx": f"http://127.0.0.1:{ports['proxied']}",
+            "ReverseProxyResource": f"http://127.0.0.1:{ports['rpr']}",
+            "sora2proxy": f"http://127.0.0.1:{ports['s2p']}",
+        }
+        scenarios = {
+            "latency": ("/api/small.json", 1, None),
+            "rps64": ("/api/small.json", 64, None),
+            "download": ("/api/big.bin", 1, None),
+            "post1m": ("/sink/upload", 16, str(post_script)),
+        }
+        time.sleep(1)
+        for base in contenders.values():  # warm up
+            wrk(base + "/api/small.json", 8, 1)
+        results: dict[str, dict[str, list[dict[str, float]]]] = {
+            c: {s: [] for s in scenarios} for c in contenders
+        }
+        started = time.monotonic()
+        for round_number in range(args.rounds):
+            for scenario, (path, conns, script) in scenarios.items():
+                for contender, base in contenders.items():
+                    if scenario == "post1m" and contender == "direct":
+                        target = f"http://127.0.0.1:{ports['sink']}/upload"
+                    elif scenario == "post1m" and contender == "nginx":
+                        target = base + "/sink/upload"
+                    else:
+                        target = base + path
+                    seconds = args.seconds * (2 if scenario == "download" else 1)
+                    results[contender][scenario].append(parse(wrk(target, conns, seconds, script)))
+            print(
+                f"round {round_number + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+        s2p_rss = (
+            int(
+                next(
+                    l
+                    for l in Path(f"/proc/{s2p.pid}/status").read_text().splitlines()
+                    if l.startswith("VmHWM:")
+                ).split()[1]
+            )
+            / 1024
+        )
+
+        def median(contender: str, scenario: str, key: str) -> float:
+            values = [r[key] for r in results[contender][scenario] if key in r]
+            return statistics.median(values) if values else float("nan")
+
+        direct_p50 = median("direct", "latency", "p50")
+        direct_p99 = median("direct", "latency", "p99")
+        print()
+        print(
+            f"{'contender':<22}{'64 conns req/s':>16}{'added p50 ms':>14}{'added p99 ms':>14}{'download MB/s':>15}{'1 MiB POST/s':>14}"
+        )
+        for contender in contenders:
+            print(
+                f"{contender:<22}{median(contender, 'rps64', 'rps'):>16,.0f}"
+                f"{median(contender, 'latency', 'p50') - direct_p50:>14.3f}"
+                f"{median(contender, 'latency', 'p99') - direct_p99:>14.3f}"
+                f"{median(contender, 'download', 'mbps'):>15,.0f}{median(contender, 'post1m', 'rps'):>14,.1f}"
+            )
+        s2p = "sora2proxy"
+        print()
+        print("ratios (sora2proxy / other, same run):")
+        for other in ("nginx", "ReverseProxyResource"):
+            print(
+                f"  vs {other:<22} req/s x{median(s2p, 'rps64', 'rps') / median(other, 'rps64', 'rps'):.2f}"
+                f"   download x{median(s2p, 'download', 'mbps') / median(other, 'download', 'mbps'):.2f}"
+                f"   POST x{median(s2p, 'post1m', 'rps') / median(other, 'post1m', 'rps'):.2f}"
+            )
+        print(f"sora2proxy peak RSS over the whole run: {s2p_rss:.0f} MiB")
+        bad = {c: sum(r.get("non2xx", 0) for s in results[c].values() for r in s) for c in contenders}
+        print(f"non-2xx answers (should be 0): {bad}")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    main()
