@@ -45,6 +45,11 @@ class Telemetry:
     def __attrs_post_init__(self) -> None:
         registry = self.registry
         self.board = StatusBoard(self._clock)
+        # Labelled children, looked up once: labels() costs on every request.
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._seconds_children: dict[str, Any] = {}
+        self._try_children: dict[tuple[str, str], Any] = {}
+        self._upstream_children: dict[str, Any] = {}
         self._requests = Counter(
             "sora2proxy_requests", "Requests answered, by method and status.", ["method", "status"],
             registry=registry,
@@ -117,8 +122,15 @@ class Telemetry:
         """
         self.in_flight -= 1
         label = _method_label(method)
-        self._requests.labels(label, str(status)).inc()
-        self._request_seconds.labels(label).observe(seconds)
+        key = (label, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self._requests.labels(label, str(status))
+        counter.inc()
+        histogram = self._seconds_children.get(label)
+        if histogram is None:
+            histogram = self._seconds_children[label] = self._request_seconds.labels(label)
+        histogram.observe(seconds)
         if error_type:
             self._errors.labels(error_type).inc()
         self.board.request_finished(method, path, status, error_type, request_id, upstream)
@@ -127,8 +139,15 @@ class Telemetry:
         """
         A try ended: C{outcome} is C{ok}, C{5xx} or the failure's errorType.
         """
-        self._tries.labels(upstream, outcome).inc()
-        self._upstream_seconds.labels(upstream).observe(seconds)
+        key = (upstream, outcome)
+        tries = self._try_children.get(key)
+        if tries is None:
+            tries = self._try_children[key] = self._tries.labels(upstream, outcome)
+        tries.inc()
+        histogram = self._upstream_children.get(upstream)
+        if histogram is None:
+            histogram = self._upstream_children[upstream] = self._upstream_seconds.labels(upstream)
+        histogram.observe(seconds)
 
     def retried(self, upstream: str) -> None:
         """

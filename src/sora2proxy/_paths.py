@@ -68,6 +68,8 @@ def check_target(method: bytes, target: bytes) -> bytes | TargetRefused:
     if not target.startswith(b"/"):
         return TargetRefused("The request target must be a path starting with '/'.")
     path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    if b"%" not in path and b"\\" not in path and b"/." not in path and b"//" not in path:
+        return target  # the common case: nothing to decode, no dot segment, no empty segment
     segments = path.split(b"/")[1:]
     for index, segment in enumerate(segments):
         if segment == b"" and index < len(segments) - 1:
