@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,27 +33,48 @@ def get(url: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
 
 
 class Child:
-    """A subprocess whose output is read line by line until a pattern shows."""
+    """
+    A subprocess whose output a thread reads all along (a child blocked on a
+    full pipe would stop answering), matched line by line against patterns.
+    """
 
     def __init__(self, test: SynchronousTestCase, argv: list[str]) -> None:
         self.process = subprocess.Popen(
             argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._matched = 0
         test.addCleanup(self.stop)
 
-    def wait_for(self, pattern: str, seconds: float = 20) -> re.Match[str]:
-        deadline = time.monotonic() + seconds
+    def _read(self) -> None:
         assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            found = re.search(pattern, line)
-            if found:
-                return found
-        raise AssertionError(f"{pattern!r} not seen in:\n{''.join(self.lines)}")
+        for line in self.process.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for(self, pattern: str, seconds: float = 20) -> re.Match[str]:
+        """
+        The first line, after the previous match, that matches C{pattern}.
+        """
+        deadline = time.monotonic() + seconds
+        with self._seen:
+            while True:
+                while self._matched < len(self.lines):
+                    line = self.lines[self._matched]
+                    self._matched += 1
+                    found = re.search(pattern, line)
+                    if found:
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"{pattern!r} not seen in:\n{''.join(self.lines)}")
+                self._seen.wait(min(left, 0.2))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -62,6 +84,7 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._reader.join(5)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
