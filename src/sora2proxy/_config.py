@@ -236,6 +236,8 @@ class ProxyConfig:
     @ivar spawn: commands to run as child processes (C{NAME=COMMAND} or C{COMMAND}).
     @ivar log_format: C{text} or C{json} (JSON lines).
     @ivar drain_timeout: seconds requests in flight get to finish on shutdown.
+    @ivar workers: processes serving the public ports (C{SO_REUSEPORT}).
+    @ivar worker_index: set in a worker process, L{None} in the parent.
     @ivar max_inflight: requests handled at once; more get 503 C{OVERLOADED}.
     @ivar header_timeout: seconds a client may take to send a request's headers (0: no limit).
     @ivar idle_timeout: seconds an idle client connection is kept (0: no limit).
@@ -276,6 +278,8 @@ class ProxyConfig:
     spawn: tuple[str, ...] = field(default=(), converter=tuple)
     log_format: str = field(default="text", validator=_valid_log_format)
     drain_timeout: float = field(default=10.0, validator=_not_negative)
+    workers: int = field(default=1, validator=_at_least_one)
+    worker_index: int | None = None
     max_inflight: int = field(default=1000, validator=_at_least_one)
     header_timeout: float = field(default=10.0, validator=_not_negative)
     idle_timeout: float = field(default=60.0, validator=_not_negative)

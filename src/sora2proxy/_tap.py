@@ -25,6 +25,11 @@ from ._logs import JSONLinesObserver
 from ._proxy import build_proxy
 from ._site import ProxySite, QuietSite
 from ._spawn import SpawnedCommand
+from ._workers import ReusePortService, reuseport_tcp, sora2proxy_args, worker_command
+
+
+def _optional_int(option: str, text: str | None) -> int | None:
+    return None if text is None else int(_number(option, text, int))
 
 
 def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
@@ -91,6 +96,8 @@ class Options(usage.Options):
             "Admin endpoint (health, ready, metrics, status); 'none' disables.",
         ],
         ["log-format", None, "text", "text, or json for JSON lines."],
+        ["workers", None, "1", "Processes serving the public TCP ports (SO_REUSEPORT): one per core."],
+        ["worker-index", None, None, "Set by the parent of --workers in each worker; not for people."],
         ["max-inflight", None, "1000", "Requests handled at once; more get 503 OVERLOADED at once."],
         [
             "header-timeout",
@@ -146,6 +153,9 @@ class Options(usage.Options):
             self.config = self.to_config()
             for endpoint in self.listen:
                 _check_endpoint(endpoint)
+            if self.config.workers > 1 or self.config.worker_index is not None:
+                for endpoint in self.listen:
+                    reuseport_tcp(endpoint)
             if self.config.admin_listen is not None:
                 _check_endpoint(self.config.admin_listen, "--admin-listen")
                 if self.config.admin_listen in self.listen and not _any_port(self.config.admin_listen):
@@ -194,6 +204,10 @@ class Options(usage.Options):
             spawn=tuple(self["spawn"]),
             log_format=self["log-format"],
             drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
+            workers=_number("--workers", self["workers"], int),
+            worker_index=None
+            if self["worker-index"] is None
+            else _number("--worker-index", self["worker-index"], int),
             max_inflight=_number("--max-inflight", self["max-inflight"], int),
             header_timeout=_number("--header-timeout", self["header-timeout"]),
             idle_timeout=_number("--idle-timeout", self["idle-timeout"]),
@@ -231,8 +245,15 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
     pool), then the spawned commands, then the admin port (which answers
     C{/ready} 503 throughout the drain).
     """
-    proxy = build_proxy(config, reactor)
     top = _Top(config.log_format)
+    if config.workers > 1 and config.worker_index is None:
+        for index in range(config.workers):
+            command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
+            SpawnedCommand(command, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+        for spec in config.spawn:
+            SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+        return top
+    proxy = build_proxy(config, reactor)
     if config.admin_listen is not None:
         # Klein imports the global reactor: only here, after twistd installed it.
         from ._admin import Admin
@@ -247,6 +268,9 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor)
     for description in listen:
+        if config.worker_index is not None:
+            ReusePortService(reactor, description, site).setServiceParent(listeners)
+            continue
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, site).setServiceParent(listeners)
     listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
