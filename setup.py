@@ -84,6 +84,7 @@ setup(
             "requests>=2.31",
             "websockets>=13",
             "httpbin>=0.10",
+            "pyyaml>=6",
         ],
     },
     zip_safe=False,

@@ -41,6 +41,8 @@ def free_port() -> int:
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
+    if cpu < 0:  # the two-worker contender gets both cores
+        return argv
     return (
         ["taskset", "-c", str(cpu)]
         if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
@@ -163,13 +165,19 @@ def main() -> None:
                         f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
                         f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
                         "--max-inflight", "100000"])  # fmt: skip
-        for name in ("rpr", "s2p"):
-            wait_port(ports[name])
+        workers_port = free_port()
+        spawn(-1, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy",
+                   "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
+                   "none", "--upstream", f"http://127.0.0.1:{ports['direct']}", "--prefix", "/",
+                   "--max-body", "8388608", "--max-inflight", "100000"])  # fmt: skip
+        for port in (ports["rpr"], ports["s2p"], workers_port):
+            wait_port(port)
         contenders = {
             "direct": f"http://127.0.0.1:{ports['direct']}",
             "nginx": f"http://127.0.0.1:{ports['proxied']}",
             "ReverseProxyResource": f"http://127.0.0.1:{ports['rpr']}",
             "sora2proxy": f"http://127.0.0.1:{ports['s2p']}",
+            "sora2proxy 2 workers*": f"http://127.0.0.1:{workers_port}",
         }
         scenarios = {
             "latency": ("/api/small.json", 1, None),
@@ -237,6 +245,7 @@ def main() -> None:
                 f"   POST x{median(s2p, 'post1m', 'rps') / median(other, 'post1m', 'rps'):.2f}"
             )
         print(f"sora2proxy peak RSS over the whole run: {s2p_rss:.0f} MiB")
+        print("* 2 workers are not pinned: they share both cores with wrk and the upstream")
         bad = {c: sum(r.get("non2xx", 0) for s in results[c].values() for r in s) for c in contenders}
         print(f"non-2xx answers (should be 0): {bad}")
     finally:

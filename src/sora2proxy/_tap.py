@@ -234,7 +234,7 @@ def _any_port(description: str) -> bool:
 def _check_endpoint(description: str, option: str = "--listen") -> None:
     try:
         serverFromString(MemoryReactor(), description)
-    except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
+    except (ValueError, KeyError, TypeError, OSError, ImportError, IndexError) as e:
         raise ConfigError(option, f"{description!r} is not a usable endpoint ({e})") from None
 
 
