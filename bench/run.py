@@ -207,15 +207,8 @@ def main() -> None:
                 f"round {round_number + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
-        s2p_rss = (
-            int(
-                next(
-                    l
-                    for l in Path(f"/proc/{s2p.pid}/status").read_text().splitlines()
-                    if l.startswith("VmHWM:")
-                ).split()[1]
-            )
-            / 1024
+        status_lines = Path(f"/proc/{s2p.pid}/status").read_text().splitlines()
+        s2p_rss = int(next(x for x in status_lines if x.startswith("VmHWM:")).split()[1]) / 1024
         )
 
         def median(contender: str, scenario: str, key: str) -> float:
