@@ -209,7 +209,6 @@ def main() -> None:
             )
         status_lines = Path(f"/proc/{s2p.pid}/status").read_text().splitlines()
         s2p_rss = int(next(x for x in status_lines if x.startswith("VmHWM:")).split()[1]) / 1024
-        )
 
         def median(contender: str, scenario: str, key: str) -> float:
             values = [r[key] for r in results[contender][scenario] if key in r]
