@@ -80,6 +80,7 @@ class FrontDoorTests(SynchronousTestCase):
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
              "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{self.upstream_port}/api",
              "--health-path", "", "--max-inflight", "3", "--header-timeout", "0.5", "--timeout", "3",
+             "--idle-timeout", "1",
              "--attempts", "1"],
         )  # fmt: skip
         self.port = int(proxy.wait_for(r"ProxySite starting on (\d+)").group(1))
@@ -149,6 +150,22 @@ class FrontDoorTests(SynchronousTestCase):
         self.assertEqual(status_of(answer), 408)
         self.assertEqual(rest, b"")
         self.assertLess(time.monotonic() - started, 3)
+
+    def test_idle_connection_closed(self) -> None:
+        """A kept-alive connection left idle is closed after --idle-timeout."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/proxy/idle HTTP/1.1\r\nHost: p\r\n\r\n")
+            first = sock.recv(65536)
+            self.assertEqual(status_of(first), 200)
+            started = time.monotonic()
+            rest = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+            self.assertNotIn(b"HTTP/1.1", rest)
+            self.assertLess(time.monotonic() - started, 4)
 
     def test_ambiguous_framing(self) -> None:
         """Content-Length with Transfer-Encoding, repeated or invalid Content-Length get 400, never forwarded."""
