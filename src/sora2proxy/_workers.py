@@ -9,6 +9,7 @@ admin port is served by worker 0.
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 import sys
@@ -69,7 +70,7 @@ def reuseport_tcp(description: str) -> tuple[str, int]:
 
     @raise ConfigError: for another endpoint type (only TCP is shared).
     """
-    parts = description.split(":")
+    parts = re.split(r"(?<!\\):", description)  # colons escaped as \: belong to values
     if parts[0] not in ("tcp", "tcp6"):
         raise ConfigError("--workers", f"workers share TCP ports only, not {description!r}")
     port = None

@@ -1,0 +1,93 @@
+"""
+Request-head limits in memory, on a Clock: 414, 431, 408 (slowloris), and the
+--workers endpoint rules.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from sora2proxy import ConfigError, ProxyConfig
+from sora2proxy._site import ProxySite
+from sora2proxy._workers import reuseport_tcp, sora2proxy_args
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render(self, request: object) -> bytes:
+        return b"hello"
+
+
+def connected(**options: object) -> tuple[object, StringTransport, MemoryReactorClock]:
+    clock = MemoryReactorClock()
+    site = ProxySite(Hello(), ProxyConfig(**options), reactor=clock)  # type: ignore[arg-type]
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport, clock
+
+
+class ChannelTests(SynchronousTestCase):
+    def test_request_line_too_long(self) -> None:
+        """A request line over 8 KiB gets 414 JSON and the connection closes."""
+        channel, transport, _ = connected()
+        channel.dataReceived(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n")  # type: ignore[attr-defined]
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "))
+        self.assertIn(b"URI_TOO_LONG", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_too_many_headers(self) -> None:
+        """More than 100 headers get 431."""
+        channel, transport, _ = connected()
+        head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101))
+        channel.dataReceived(head)  # type: ignore[attr-defined]
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "))
+        channel.dataReceived(b"more\r\n")  # type: ignore[attr-defined]  # ignored once refused
+
+    def test_line_longer_than_twisted_allows(self) -> None:
+        """A header line longer than Twisted's line limit gets 431 too."""
+        channel, transport, _ = connected()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 20000)  # type: ignore[attr-defined]
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value()[:40])
+
+    def test_slow_headers(self) -> None:
+        """Headers not complete within --header-timeout get 408; complete ones in time are served."""
+        channel, transport, clock = connected(header_timeout=2)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n")  # type: ignore[attr-defined]
+        clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(0.1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        channel, transport, clock = connected(header_timeout=2)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n\r\n")  # type: ignore[attr-defined]
+        clock.advance(5)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertNotIn(b"408", transport.value())
+        channel.connectionLost(None)  # type: ignore[attr-defined]
+
+    def test_no_header_timeout(self) -> None:
+        """--header-timeout 0 sets no timer."""
+        channel, _, clock = connected(header_timeout=0)
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")  # type: ignore[attr-defined]
+        self.assertFalse([c for c in clock.getDelayedCalls() if "_too_slow" in repr(c)])
+
+
+class WorkerEndpointTests(SynchronousTestCase):
+    def test_reuseport_tcp(self) -> None:
+        """--workers takes TCP endpoints with a fixed port, and nothing else."""
+        self.assertEqual(reuseport_tcp("tcp:3200"), ("0.0.0.0", 3200))
+        self.assertEqual(reuseport_tcp("tcp:port=3200:interface=127.0.0.1"), ("127.0.0.1", 3200))
+        self.assertEqual(reuseport_tcp("tcp6:3200:interface=\\:\\:1"), ("::1", 3200))
+        for bad in ("unix:/tmp/x", "tcp:0", "ssl:443"):
+            with self.assertRaises(ConfigError):
+                reuseport_tcp(bad)
+
+    def test_args(self) -> None:
+        """The worker command line starts after twistd's sora2proxy subcommand."""
+        self.assertEqual(
+            sora2proxy_args(["twistd", "-n", "sora2proxy", "--timeout", "3"]), ["--timeout", "3"]
+        )
+        self.assertEqual(sora2proxy_args(["python", "-c", "x"]), [])
