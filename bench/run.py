@@ -78,6 +78,7 @@ http {{
         location /api/health {{ return 200 '{{"status":"ok"}}'; }}
         location /api/ {{ alias {dir}/www/; }}
         location /sink/ {{ proxy_pass http://sink/; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
+        location = /api/upload {{ proxy_pass http://sink/upload; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
     }}
     server {{
         listen 127.0.0.1:{proxied};
@@ -123,6 +124,33 @@ def parse(output: str) -> dict[str, float]:
     return figures
 
 
+def start_nextjs(port: int, direct: int) -> bool:
+    """
+    Build (once) and start the seed's Next.js route handler, if node is here.
+    """
+    app = HERE / "nextjs"
+    if not shutil.which("npm") or not shutil.which("node"):
+        print("no node/npm: the Next.js contender is skipped")
+        return False
+    if not (app / ".next" / "BUILD_ID").exists():
+        print("building the Next.js contender (npm install, next build)...", flush=True)
+        steps = (["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], ["npx", "next", "build"])
+        for step in steps:
+            if subprocess.run(step, cwd=app, capture_output=True, timeout=600).returncode != 0:
+                print("the Next.js contender did not build; skipped")
+                return False
+    env = dict(os.environ, API_URL=f"http://127.0.0.1:{direct}/api", NODE_ENV="production")
+    child = subprocess.Popen(
+        pinned(0, ["npx", "next", "start", "-p", str(port), "-H", "127.0.0.1"]),
+        cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _EXTRA_CHILDREN.append(child)
+    return True
+
+
+_EXTRA_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -144,7 +172,7 @@ def main() -> None:
     post_script.write_text(
         'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
     )
-    ports = {name: free_port() for name in ("direct", "proxied", "sink", "rpr", "s2p", "admin")}
+    ports = {name: free_port() for name in ("direct", "proxied", "sink", "rpr", "s2p", "admin", "next")}
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, **ports))
     children: list[subprocess.Popen[bytes]] = []
 
@@ -170,8 +198,11 @@ def main() -> None:
                    "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
                    "none", "--upstream", f"http://127.0.0.1:{ports['direct']}", "--prefix", "/",
                    "--max-body", "8388608", "--max-inflight", "100000"])  # fmt: skip
+        nextjs = start_nextjs(ports["next"], ports["direct"])
         for port in (ports["rpr"], ports["s2p"], workers_port):
             wait_port(port)
+        if nextjs:
+            wait_port(ports["next"], 60)
         contenders = {
             "direct": f"http://127.0.0.1:{ports['direct']}",
             "nginx": f"http://127.0.0.1:{ports['proxied']}",
@@ -179,6 +210,8 @@ def main() -> None:
             "sora2proxy": f"http://127.0.0.1:{ports['s2p']}",
             "sora2proxy 2 workers*": f"http://127.0.0.1:{workers_port}",
         }
+        if nextjs:
+            contenders["Next.js route (seed)"] = f"http://127.0.0.1:{ports['next']}"
         scenarios = {
             "latency": ("/api/small.json", 1, None),
             "rps64": ("/api/small.json", 64, None),
@@ -195,7 +228,13 @@ def main() -> None:
         for round_number in range(args.rounds):
             for scenario, (path, conns, script) in scenarios.items():
                 for contender, base in contenders.items():
-                    if scenario == "post1m" and contender == "direct":
+                    if contender.startswith("Next.js"):
+                        target = base + (
+                            "/api/proxy/upload"
+                            if scenario == "post1m"
+                            else path.replace("/api/", "/api/proxy/")
+                        )
+                    elif scenario == "post1m" and contender == "direct":
                         target = f"http://127.0.0.1:{ports['sink']}/upload"
                     elif scenario == "post1m" and contender == "nginx":
                         target = base + "/sink/upload"
@@ -230,7 +269,7 @@ def main() -> None:
         s2p = "sora2proxy"
         print()
         print("ratios (sora2proxy / other, same run):")
-        for other in ("nginx", "ReverseProxyResource"):
+        for other in [c for c in contenders if c not in ("direct", "sora2proxy")]:
             print(
                 f"  vs {other:<22} req/s x{median(s2p, 'rps64', 'rps') / median(other, 'rps64', 'rps'):.2f}"
                 f"   download x{median(s2p, 'download', 'mbps') / median(other, 'download', 'mbps'):.2f}"
@@ -241,6 +280,7 @@ def main() -> None:
         bad = {c: sum(r.get("non2xx", 0) for s in results[c].values() for r in s) for c in contenders}
         print(f"non-2xx answers (should be 0): {bad}")
     finally:
+        children.extend(_EXTRA_CHILDREN)
         for child in children:
             child.terminate()
         for child in children:
