@@ -17,14 +17,14 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from ._budget import RetryBudget
-from ._config import ProxyConfig, base_of
+from ._config import ProxyConfig
 from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
 from ._idempotency import IdempotencyGuard
 from ._idempotency_store import IdempotencyStore, MemoryStore, redis_store
 from ._metrics import Telemetry
 from ._resource import ProxyResource
-from ._upstreams import Balancer, Ejection, Upstream
+from ._upstreams import Balancer, balancer_for
 
 #: Idle upstream connections kept per host: enough for the concurrency of a
 #: busy process (Twisted's default, 2, opens a new connection per request).
@@ -132,11 +132,9 @@ def build_proxy(
         # Every retry is the retry loop's own, counted and policed there.
         pool.retryAutomatically = False
         pool._factory = _QuietClientFactory
-        agent = Agent.usingEndpointFactory(
-            reactor, UpstreamEndpoints(reactor, tls_policy(config.upstream_ca)), pool=pool
-        )
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
-    upstreams = []
+    healths: list[HealthState | None] = []
     for url in config.upstreams:
         health: HealthState | None = None
         health_url = config.health_url_of(url)
@@ -146,9 +144,8 @@ def build_proxy(
                 health, clock, agent, health_url, config.health_interval, config.health_timeout, telemetry
             )
             monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
-        ejection = Ejection(clock, config.eject_after, config.eject_time)
-        upstreams.append(Upstream(url, base_of(url), health, ejection))
-    balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
+        healths.append(health)
+    balancer = balancer_for(config, clock, healths)
     budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
     resource = ProxyResource(

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from ._attempt import Target, body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
-from ._config import ProxyConfig, base_of
+from ._config import ProxyConfig
 from ._errors import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -41,7 +41,7 @@ from ._relay import BodyRelay, start_response, write_replay
 from ._respond import RequestContext, Responder, body_length, client_connected
 from ._retry import GaveUp, RetryLoop, RetryPolicy
 from ._site import body_too_large_message, raw_error
-from ._upstreams import Balancer, Ejection, RequestRouter, Upstream
+from ._upstreams import Balancer, RequestRouter, Upstream, balancer_for
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 
@@ -93,19 +93,9 @@ class ProxyResource:
         self._clock = clock
         self._agent = agent
         if not isinstance(balancer, Balancer):
-            balancer = Balancer(
-                [
-                    Upstream(
-                        url,
-                        base_of(url),
-                        balancer if i == 0 else None,
-                        Ejection(clock, config.eject_after, config.eject_time),
-                    )
-                    for i, url in enumerate(config.upstreams)
-                ],
-                least_in_flight=config.balance == "least-in-flight",
-            )
-        self._balancer = balancer
+            healths: list[HealthState | None] = [balancer] + [None] * (len(config.upstreams) - 1)
+            balancer = balancer_for(config, clock, healths)
+        self._balancer: Balancer = balancer
         self._budget = budget if budget is not None else RetryBudget(clock, config.retry_budget)
         self._cooperator = cooperator or Cooperator(
             scheduler=lambda work: clock.callLater(0, work), started=True

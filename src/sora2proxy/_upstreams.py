@@ -16,6 +16,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._classify import TryFailure
+from ._config import ProxyConfig, base_of
 from ._health import HealthState
 from ._metrics import Telemetry
 
@@ -204,6 +205,18 @@ class Balancer:
         chosen = candidates[self._next % len(candidates)]
         self._next += 1
         return chosen
+
+
+def balancer_for(config: ProxyConfig, clock: IReactorTime, healths: Sequence[HealthState | None]) -> Balancer:
+    """
+    The upstreams of C{config}, each with its health (from C{healths}, in
+    order; L{None} without checks) and a fresh L{Ejection}, in a L{Balancer}.
+    """
+    upstreams = [
+        Upstream(url, base_of(url), health, Ejection(clock, config.eject_after, config.eject_time))
+        for url, health in zip(config.upstreams, healths, strict=True)
+    ]
+    return Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
 
 
 @define
