@@ -127,17 +127,27 @@ class ReplayableBody:
                 self._task.stop()
 
 
+def body_length(request: Request) -> int:
+    """
+    @return: the size of the request's body, which twisted.web has read
+        (to memory or a temporary file) before rendering.
+    """
+    content: IO[bytes] | None = getattr(request, "content", None)
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    length: int = content.tell()
+    content.seek(0)
+    return length
+
+
 def body_of(request: Request, cooperator: Cooperator) -> ReplayableBody | None:
     """
     @return: the request's body as a replayable producer, or L{None} when it
         has none (and its method does not expect one).
     """
     content: IO[bytes] | None = getattr(request, "content", None)
-    length = 0
-    if content is not None:
-        content.seek(0, 2)
-        length = content.tell()
-        content.seek(0)
+    length = body_length(request)
     if content is None or (length == 0 and request.method not in _BODY_EXPECTED):
         return None
     return ReplayableBody(content, length, cooperator)

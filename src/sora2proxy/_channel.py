@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.http import HTTPChannel
 
-from ._errors import ErrorKind
+from ._errors import ErrorKind, raw_error
 from ._headers import new_request_id
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
@@ -96,8 +96,6 @@ class ProxyChannel(HTTPChannel):
         self._refuse(HEADER_TIMEOUT, f"The request headers did not arrive within {self.header_timeout:g} s.")
 
     def _refuse(self, kind: ErrorKind, message: str) -> None:
-        from ._site import raw_error
-
         if self._refused:
             return
         self._refused = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from attrs import field, frozen
@@ -136,6 +137,23 @@ class ProxyError:
             f"<p class=fix>{html.escape(self.suggestion)}</p><table>{rows}</table></body></html>"
         )
         return page.encode("utf-8")
+
+
+def raw_error(kind: ErrorKind, message: str, details: Mapping[str, Any], request_id: str) -> bytes:
+    """
+    A whole HTTP/1.1 error response as bytes, C{Connection: close}, for a
+    connection the proxy is about to close without twisted.web's request
+    machinery (refused request heads and bodies, WebSocket handshakes).
+    """
+    body = json.dumps(
+        {"error": kind.title, "message": message, "details": {"errorType": kind.error_type, **details}}
+    ).encode("utf-8")
+    phrase = HTTPStatus(kind.status).phrase.encode("ascii")
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"x-request-id: %s\r\nconnection: close\r\n\r\n"
+    ) % (kind.status, phrase, len(body), request_id.encode("ascii"))
+    return head + body
 
 
 def wants_html(request: IRequest) -> bool:

@@ -20,7 +20,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ._attempt import Target, body_of, forwarded_headers, split_target
+from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
 from ._config import ProxyConfig
 from ._errors import (
@@ -30,6 +30,7 @@ from ._errors import (
     NOT_IMPLEMENTED,
     OVERLOADED,
     ErrorKind,
+    raw_error,
 )
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
@@ -38,9 +39,9 @@ from ._messages import gave_up_message, unavailable
 from ._metrics import Telemetry
 from ._paths import TargetRefused, check_target
 from ._relay import BodyRelay, start_response, write_replay
-from ._respond import RequestContext, Responder, body_length, client_connected
+from ._respond import RequestContext, Responder, client_connected
 from ._retry import GaveUp, RetryLoop, RetryPolicy
-from ._site import body_too_large_message, raw_error
+from ._site import body_too_large_message
 from ._upstreams import Balancer, RequestRouter, Upstream, balancer_for
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 

@@ -150,15 +150,5 @@ class Responder:
         )
 
 
-def body_length(request: Request) -> int:
-    content = request.content
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    length: int = content.tell()
-    content.seek(0)
-    return length
-
-
 def client_connected(request: Request) -> bool:
     return not getattr(request, "_disconnected", False)

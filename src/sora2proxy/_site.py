@@ -8,19 +8,14 @@ logs its own events).
 
 from __future__ import annotations
 
-import json
-from http import HTTPStatus
 from typing import Any
 
 from twisted.web.server import Request, Site
 
 from ._channel import ProxyChannel
 from ._config import ProxyConfig
-from ._errors import BODY_TOO_LARGE, ErrorKind
+from ._errors import BODY_TOO_LARGE, raw_error
 from ._headers import request_id_from
-
-#: Sent instead of reading a body that is too large.
-_CLOSE = b"connection: close\r\n"
 
 
 def body_too_large_message(limit: int) -> str:
@@ -28,22 +23,6 @@ def body_too_large_message(limit: int) -> str:
     @return: the message of a 413 for a body over C{limit} bytes.
     """
     return f"The request body is larger than the proxy's limit of {limit} bytes (--max-body)."
-
-
-def raw_error(kind: ErrorKind, message: str, details: dict[str, Any], request_id: str) -> bytes:
-    """
-    A whole HTTP/1.1 error response as bytes, for a connection the proxy is
-    about to close without going through twisted.web's request machinery.
-    """
-    body = json.dumps(
-        {"error": kind.title, "message": message, "details": {"errorType": kind.error_type, **details}}
-    ).encode("utf-8")
-    phrase = HTTPStatus(kind.status).phrase.encode("ascii")
-    head = (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\n%s\r\n"
-    ) % (kind.status, phrase, len(body), request_id.encode("ascii"), _CLOSE)
-    return head + body
 
 
 class ProxyRequest(Request):
