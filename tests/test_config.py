@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ConfigError, ProxyConfig
-from sora2proxy._config import upstream_from_environment
+from sora2proxy._config import base_of, upstream_from_environment
 from sora2proxy._tap import Options
 
 
@@ -50,9 +50,9 @@ class DefaultsTests(SynchronousTestCase):
         config = options.config
         assert config is not None
         self.assertEqual(options.listen, ["tcp:8080:interface=127.0.0.1", "unix:/tmp/s2p.sock"])
-        self.assertEqual(config.upstream_base, b"https://api.example.test:8443/v2")
+        self.assertEqual(base_of(config.upstream), b"https://api.example.test:8443/v2")
         self.assertEqual(config.prefix_bytes, b"")
-        self.assertIsNone(config.health_url)
+        self.assertIsNone(config.health_url_of(config.upstream))
         self.assertEqual((config.health_interval, config.health_timeout), (2.5, 1))
         self.assertEqual((config.attempts, config.backoff, config.timeout), (5, 0, 12))
         self.assertEqual(config.suggestion, "Run: make api")
@@ -62,7 +62,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_health_url_on_origin(self) -> None:
         """The health path is taken on the upstream's origin, not under its base path."""
         config = ProxyConfig(upstream="http://127.0.0.1:3101/api/v1")
-        self.assertEqual(config.health_url, b"http://127.0.0.1:3101/api/health")
+        self.assertEqual(config.health_url_of(config.upstream), b"http://127.0.0.1:3101/api/health")
 
     def test_upstream_from_environment(self) -> None:
         """$SORA2PROXY_UPSTREAM wins, then $NEXT_PUBLIC_API_URL plus /api, then the default."""

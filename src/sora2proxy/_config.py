@@ -299,25 +299,11 @@ class ProxyConfig:
         return self.upstreams[0]
 
     @property
-    def upstream_base(self) -> bytes:
-        """
-        The first upstream's origin and base path (see L{base_of}).
-        """
-        return base_of(self.upstreams[0])
-
-    @property
     def prefix_bytes(self) -> bytes:
         """
         The public prefix as raw bytes, without a trailing slash (C{b""} for C{/}).
         """
         return self.prefix.rstrip("/").encode("utf-8")
-
-    @property
-    def health_url(self) -> bytes | None:
-        """
-        The first upstream's health-check URL (see L{health_url_of}).
-        """
-        return self.health_url_of(self.upstreams[0])
 
     def health_url_of(self, upstream: str) -> bytes | None:
         """
