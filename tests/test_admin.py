@@ -26,7 +26,7 @@ from sora2proxy._admin import Admin
 from sora2proxy._site import ProxySite, QuietSite
 
 from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, wait
-from .test_cli import BIN, Child, get
+from .test_cli import BIN, Child, get, start_backend
 
 
 class AdminTests(LoopbackMixin, TestCase):
@@ -184,8 +184,7 @@ class BrowserTests(SynchronousTestCase):
 class ProcessTests(SynchronousTestCase):
     def test_json_logs(self) -> None:
         """--log-format json writes one JSON object a line, with the access event's fields."""
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         proxy = Child(
             self,
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
@@ -207,8 +206,7 @@ class ProcessTests(SynchronousTestCase):
 
     def test_graceful_drain(self) -> None:
         """On SIGTERM /ready turns 503 at once and a slow request in flight still completes."""
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         proxy = Child(
             self,
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",

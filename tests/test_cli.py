@@ -89,6 +89,37 @@ class Child:
             self.process.stdout.close()
 
 
+def start_backend(test: SynchronousTestCase) -> int:
+    """
+    Start C{tests.upstream_main} on a free loopback port (stopped by the test's cleanup).
+
+    @return: its port.
+    """
+    backend = Child(test, [sys.executable, "-m", "tests.upstream_main"])
+    return int(backend.wait_for(r"listening on (\d+)").group(1))
+
+
+def start_proxy_process(test: SynchronousTestCase, *options: str) -> tuple[Child, int]:
+    """
+    Run C{twistd -n sora2proxy} on a free loopback port with C{options}.
+
+    @return: the process and its public port.
+    """
+    proxy = Child(
+        test,
+        [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "sora2proxy",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *options,
+        ],
+    )
+    return proxy, int(proxy.wait_for(r"ProxySite starting on (\d+)").group(1))
+
+
 def eventually(check: Any, seconds: float = 5) -> Any:
     deadline = time.monotonic() + seconds
     while True:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import random
 import socket
-import sys
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy._paths import TargetRefused, check_target
 
-from .test_cli import BIN, Child, get
+from .test_cli import get, start_backend, start_proxy_process
 
 
 def exchange(port: int, data: bytes, timeout: float = 5.0, wait_close: bool = True) -> bytes:
@@ -71,20 +70,14 @@ class FrontDoorTests(SynchronousTestCase):
     """A real proxy process, a real upstream, and a second "other" server that must never be reached."""
 
     def setUp(self) -> None:
-        upstream = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        self.upstream_port = int(upstream.wait_for(r"listening on (\d+)").group(1))
-        other = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        self.other_port = int(other.wait_for(r"listening on (\d+)").group(1))
-        proxy = Child(
+        self.upstream_port = start_backend(self)
+        self.other_port = start_backend(self)
+        self.proxy, self.port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{self.upstream_port}/api",
-             "--health-path", "", "--max-inflight", "3", "--header-timeout", "0.5", "--timeout", "3",
-             "--idle-timeout", "1",
-             "--attempts", "1"],
+            "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{self.upstream_port}/api",
+            "--health-path", "", "--max-inflight", "3", "--header-timeout", "0.5", "--timeout", "3",
+            "--idle-timeout", "1", "--attempts", "1",
         )  # fmt: skip
-        self.port = int(proxy.wait_for(r"ProxySite starting on (\d+)").group(1))
-        self.proxy = proxy
         self.addCleanup(self.never_reached)  # runs first: cleanups run last in, first out
 
     def never_reached(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
@@ -21,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .helpers import LoopbackMixin, json_of, reactor, refused_port
-from .test_cli import BIN, Child, get
+from .test_cli import BIN, Child, get, start_backend
 
 
 class SlowJobs(Resource):
@@ -103,7 +102,7 @@ def post(url: str, key: str, body: bytes = b'{"prompt":"cat"}') -> tuple[int, di
 
 
 class RedisTests(SynchronousTestCase):
-    def proxy(self, backend_port: str, redis_port: int, *extra: str) -> str:
+    def proxy(self, backend_port: int, redis_port: int, *extra: str) -> str:
         child = Child(
             self,
             [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
@@ -113,14 +112,13 @@ class RedisTests(SynchronousTestCase):
         port = child.wait_for(r"ProxySite starting on (\d+)").group(1)
         return f"http://127.0.0.1:{port}"
 
-    def count(self, backend_port: str) -> int:
+    def count(self, backend_port: int) -> int:
         return int(json.loads(get(f"http://127.0.0.1:{backend_port}/api/__count")[2]).get("POST", 0))
 
     def test_shared_between_processes(self) -> None:
         """Two proxy processes share Redis: a POST through one is replayed by the other, one backend call."""
         _redis, redis_port = start_redis(self)
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         first = self.proxy(backend_port, redis_port)
         second = self.proxy(backend_port, redis_port)
         time.sleep(0.3)
@@ -135,8 +133,7 @@ class RedisTests(SynchronousTestCase):
     def test_redis_down_fails_open(self) -> None:
         """With Redis stopped mid-run requests keep flowing, without deduplication."""
         redis, redis_port = start_redis(self)
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         proxy = self.proxy(backend_port, redis_port)
         time.sleep(0.3)
         self.assertEqual(post(proxy + "/api/proxy/videos", "open-1")[0], 200)
@@ -149,8 +146,7 @@ class RedisTests(SynchronousTestCase):
     def test_redis_down_fail_closed(self) -> None:
         """With --idempotency-fail-closed and Redis stopped, keyed POSTs get 503; others still flow."""
         redis, redis_port = start_redis(self)
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         proxy = self.proxy(backend_port, redis_port, "--idempotency-fail-closed")
         time.sleep(0.3)
         self.assertEqual(post(proxy + "/api/proxy/videos", "closed-1")[0], 200)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -20,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy._paths import TargetRefused, check_target
 
-from .test_cli import BIN, Child, get
+from .test_cli import get, start_backend, start_proxy_process
 from .test_hardening import exchange, status_of
 
 EXAMPLES = int(os.environ.get("SORA2PROXY_PROPERTY_EXAMPLES", "150"))
@@ -63,18 +62,13 @@ def twisted_origin_form(target: str) -> str:
 
 class PropertyTests(SynchronousTestCase):
     def setUp(self) -> None:
-        upstream = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        self.upstream_port = int(upstream.wait_for(r"listening on (\d+)").group(1))
-        other = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        self.other_port = int(other.wait_for(r"listening on (\d+)").group(1))
-        proxy = Child(
+        self.upstream_port = start_backend(self)
+        self.other_port = start_backend(self)
+        self.proxy, self.port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{self.upstream_port}/api",
-             "--health-path", "", "--timeout", "3", "--attempts", "1", "--idempotency-store", "off"],
+            "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{self.upstream_port}/api",
+            "--health-path", "", "--timeout", "3", "--attempts", "1", "--idempotency-store", "off",
         )  # fmt: skip
-        self.port = int(proxy.wait_for(r"ProxySite starting on (\d+)").group(1))
-        self.proxy = proxy
         self.tried = 0
 
     def last_uri(self) -> Any:

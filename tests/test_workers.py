@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sora2proxy._workers import worker_argv
 
 from .helpers import refused_port
-from .test_cli import BIN, Child, get
+from .test_cli import BIN, Child, get, start_backend
 from .test_spawn import processes_with
 
 
@@ -47,8 +47,7 @@ class WorkerArgvTests(SynchronousTestCase):
 class WorkersTests(SynchronousTestCase):
     def test_two_workers(self) -> None:
         """Two workers both serve the port; a killed worker is restarted; stopping stops them all."""
-        backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
-        backend_port = backend.wait_for(r"listening on (\d+)").group(1)
+        backend_port = start_backend(self)
         port = refused_port()
         parent = Child(
             self,
