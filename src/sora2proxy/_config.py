@@ -8,6 +8,7 @@ command-line option.  This module imports nothing of the package.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -185,6 +186,16 @@ def _valid_log_format(_: object, attribute: attrs.Attribute[Any], value: str) ->
         raise ConfigError("--log-format", f"must be text or json, got {value!r}")
 
 
+def _valid_access_log(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value in ("log", "off", "-"):
+        return
+    folder = os.path.dirname(os.path.abspath(value)) if isinstance(value, str) and value else ""
+    if not folder or not os.path.isdir(folder) or os.path.isdir(value):
+        raise ConfigError(
+            "--access-log", f"must be log, off, - or a file in an existing directory, got {value!r}"
+        )
+
+
 def _valid_optional_text(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ConfigError(option_name(attribute), f"must be an endpoint description, got {value!r}")
@@ -235,6 +246,8 @@ class ProxyConfig:
     @ivar admin_listen: the admin port's endpoint, or L{None} for none.
     @ivar spawn: commands to run as child processes (C{NAME=COMMAND} or C{COMMAND}).
     @ivar log_format: C{text} or C{json} (JSON lines).
+    @ivar access_log: where access lines go: C{log} (twisted.logger events),
+        C{-} (standard output), a file path, or C{off}.
     @ivar drain_timeout: seconds requests in flight get to finish on shutdown.
     @ivar workers: processes serving the public ports (C{SO_REUSEPORT}).
     @ivar worker_index: set in a worker process, L{None} in the parent.
@@ -277,6 +290,7 @@ class ProxyConfig:
     admin_listen: str | None = field(default="tcp:9901:interface=127.0.0.1", validator=_valid_optional_text)
     spawn: tuple[str, ...] = field(default=(), converter=tuple)
     log_format: str = field(default="text", validator=_valid_log_format)
+    access_log: str = field(default="log", validator=_valid_access_log)
     drain_timeout: float = field(default=10.0, validator=_not_negative)
     workers: int = field(default=1, validator=_at_least_one)
     worker_index: int | None = None

@@ -12,11 +12,12 @@ from attrs import frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
+from ._access_log import FileSink, access_sink
 from ._budget import RetryBudget
+from ._client import UpstreamClient
 from ._config import ProxyConfig
 from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
@@ -29,14 +30,6 @@ from ._upstreams import Balancer, balancer_for
 #: Idle upstream connections kept per host: enough for the concurrency of a
 #: busy process (Twisted's default, 2, opens a new connection per request).
 POOL_SIZE = 256
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory without a log line per connection.
-    """
-
-    noisy = False
 
 
 @frozen
@@ -70,13 +63,12 @@ class _PoolService(Service):
     Closes the pooled upstream connections when stopped.
     """
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: UpstreamClient) -> None:
+        self._client = client
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        closed: Deferred[None] = self._pool.closeCachedConnections()
-        return closed
+        return self._client.close_idle()
 
 
 def idempotency_guard(
@@ -118,7 +110,7 @@ def build_proxy(
 
     @param reactor: the reactor (time and TCP) that the proxy runs on.
     @param agent: the HTTP client for upstream requests; by default a
-        persistent, pooled L{Agent} on C{reactor}.
+        L{UpstreamClient} (persistent, pooled) on C{reactor}.
     @param random: the random source of backoff jitter (numbers in [0, 1)).
     """
     clock: IReactorTime = reactor
@@ -126,14 +118,10 @@ def build_proxy(
     service = MultiService()
     endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = POOL_SIZE
-        pool.cachedConnectionTimeout = 30
-        # Every retry is the retry loop's own, counted and policed there.
-        pool.retryAutomatically = False
-        pool._factory = _QuietClientFactory
-        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-        _PoolService(pool).setServiceParent(service)  # type: ignore[no-untyped-call]
+        # Never retries by itself: every retry is the retry loop's own, counted and policed there.
+        client = UpstreamClient(clock, endpoints, max_idle=POOL_SIZE, idle_timeout=30)
+        _PoolService(client).setServiceParent(service)  # type: ignore[no-untyped-call]
+        agent = client
     healths: list[HealthState | None] = []
     for url in config.upstreams:
         health: HealthState | None = None
@@ -148,6 +136,9 @@ def build_proxy(
     balancer = balancer_for(config, clock, healths)
     budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
+    access = access_sink(config.access_log, clock, config.log_format == "json")
+    if isinstance(access, FileSink):
+        access.setServiceParent(service)  # type: ignore[no-untyped-call]
     resource = ProxyResource(
         config,
         clock,
@@ -158,5 +149,6 @@ def build_proxy(
         endpoints=endpoints,
         telemetry=telemetry,
         guard=guard,
+        access=access,
     )
     return Proxy(resource, service, balancer, telemetry)

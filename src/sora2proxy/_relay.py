@@ -146,21 +146,11 @@ def start_response(
 
 def _connection_headers(response: IResponse) -> Headers:
     """
-    The upstream's C{Connection} header, which Twisted's HTTP client keeps
-    apart from C{response.headers} on its parser.  Reached through private
-    attributes, with an empty answer if Twisted changes them
-    (C{tests/test_fidelity.py} checks that it works with the Twisted in use).
+    The upstream's headers about the connection (C{Connection} names more
+    hop-by-hop headers): L{UpstreamResponse} keeps them apart from
+    C{response.headers}; another agent's responses have none.
     """
-    layer = getattr(getattr(response, "_transport", None), "_producer", None)
-    for _ in range(4):  # TCP transport -> endpoint wrapper -> (TLS ->) HTTP11ClientProtocol
-        if layer is None or hasattr(layer, "_parser"):
-            break
-        layer = (
-            getattr(layer, "wrappedProtocol", None)
-            or getattr(layer, "_wrappedProtocol", None)
-            or getattr(layer, "protocol", None)
-        )
-    found = getattr(getattr(layer, "_parser", None), "connHeaders", None)
+    found = getattr(response, "connection_headers", None)
     return found if isinstance(found, Headers) else Headers()
 
 

@@ -20,6 +20,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from ._access_log import AccessSink
 from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
 from ._budget import RetryBudget
 from ._config import ProxyConfig
@@ -70,6 +71,7 @@ class ProxyResource:
         endpoints: IAgentEndpointFactory | None = None,
         telemetry: Telemetry | None = None,
         guard: IdempotencyGuard | None = None,
+        access: AccessSink | None = None,
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
@@ -85,10 +87,11 @@ class ProxyResource:
             WebSocket upgrade is answered 501.
         @param telemetry: metrics and status board; by default a new one.
         @param guard: Idempotency-Key handling; L{None} passes keys through.
+        @param access: where access lines go; by default twisted.logger events.
         """
         self._endpoints = endpoints
         self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
-        self._respond = Responder(config, clock, self.telemetry)
+        self._respond = Responder(config, clock, self.telemetry, access)
         self._guard = guard
         self._config = config
         self._clock = clock

@@ -96,6 +96,12 @@ class Options(usage.Options):
             "Admin endpoint (health, ready, metrics, status); 'none' disables.",
         ],
         ["log-format", None, "text", "text, or json for JSON lines."],
+        [
+            "access-log",
+            None,
+            "log",
+            "Access lines: log (twisted.logger), - (stdout), a file path (buffered, fastest), or off.",
+        ],
         ["workers", None, "1", "Processes serving the public TCP ports (SO_REUSEPORT): one per core."],
         ["worker-index", None, None, "Set by the parent of --workers in each worker; not for people."],
         ["max-inflight", None, "1000", "Requests handled at once; more get 503 OVERLOADED at once."],
@@ -203,6 +209,7 @@ class Options(usage.Options):
             admin_listen=None if self["admin-listen"] in ("none", "") else self["admin-listen"],
             spawn=tuple(self["spawn"]),
             log_format=self["log-format"],
+            access_log=self["access-log"],
             drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
             workers=_number("--workers", self["workers"], int),
             worker_index=None

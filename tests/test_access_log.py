@@ -1,0 +1,110 @@
+"""
+C{--access-log}: lines buffered on the clock and written to a file or
+standard output, as text or JSON; through twisted.logger by default.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from sora2proxy import ProxyConfig
+from sora2proxy._access_log import FLUSH_EVERY, FLUSH_LINES, FileSink, LoggerSink, NoSink, access_sink
+from sora2proxy._config import ConfigError
+
+from .test_cli import BIN, Child, get, start_backend
+
+FIELDS = {"method": "GET", "path": "/api/proxy/a", "status": 200, "request_id": "r1"}
+
+
+class FileSinkTests(SynchronousTestCase):
+    def test_text_lines_written_on_the_clock(self) -> None:
+        clock = Clock()
+        clock.advance(86_400 * 365)
+        out = io.StringIO()
+        sink = FileSink(out, clock)
+        sink.record("GET /api/proxy/a 200 tries=1 3ms  id=r1", FIELDS)
+        sink.record("GET /api/proxy/b 502 tries=3 9ms UPSTREAM_ERROR id=r2", FIELDS)
+        self.assertEqual(out.getvalue(), "")
+        clock.advance(FLUSH_EVERY)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(clock.seconds()))
+        self.assertEqual(lines[0], f"{stamp} [sora2proxy.access] GET /api/proxy/a 200 tries=1 3ms  id=r1")
+        self.assertTrue(lines[1].endswith("UPSTREAM_ERROR id=r2"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_json_lines_carry_the_fields(self) -> None:
+        clock = Clock()
+        out = io.StringIO()
+        sink = FileSink(out, clock, json_lines=True)
+        sink.record("GET /api/proxy/a 200", FIELDS)
+        sink.flush()
+        event = json.loads(out.getvalue())
+        self.assertEqual(event["message"], "GET /api/proxy/a 200")
+        self.assertEqual((event["request_id"], event["status"], event["level"]), ("r1", 200, "info"))
+
+    def test_many_lines_written_without_waiting(self) -> None:
+        out = io.StringIO()
+        sink = FileSink(out, Clock())
+        for _ in range(FLUSH_LINES):
+            sink.record("x", FIELDS)
+        self.assertEqual(len(out.getvalue().splitlines()), FLUSH_LINES)
+
+    def test_stop_flushes_and_closes_its_file(self) -> None:
+        path = Path(self.mktemp())
+        sink = access_sink(str(path), Clock(), False)
+        assert isinstance(sink, FileSink)
+        sink.startService()
+        sink.record("GET / 200", FIELDS)
+        sink.stopService()
+        self.assertTrue(path.read_text().endswith("GET / 200\n"))
+
+    def test_choices(self) -> None:
+        self.assertIsInstance(access_sink("log", Clock(), False), LoggerSink)
+        self.assertIsInstance(access_sink("off", Clock(), False), NoSink)
+        self.assertIsInstance(access_sink("-", Clock(), False), FileSink)
+
+    def test_logger_sink_emits_an_event(self) -> None:
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        LoggerSink().record("GET / 200", FIELDS)
+        self.assertEqual([(e["access"], e["request_id"]) for e in events], [("GET / 200", "r1")])
+
+    def test_bad_destination_named(self) -> None:
+        with self.assertRaises(ConfigError) as raised:
+            ProxyConfig(access_log="/no/such/dir/access.log")
+        self.assertIn("--access-log", str(raised.exception))
+
+
+class AccessFileProcessTests(SynchronousTestCase):
+    def test_twistd_writes_access_lines_to_the_file(self) -> None:
+        """Each request's line reaches the file within moments, with the request id the client saw."""
+        backend_port = start_backend(self)
+        path = Path(self.mktemp()).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        proxy = Child(
+            self,
+            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
+             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+             "--access-log", str(path), "--log-format", "json"],
+        )  # fmt: skip
+        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
+        ids = [get(f"http://127.0.0.1:{port}/api/proxy/jobs?n={n}")[1]["X-Request-Id"] for n in range(3)]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(_lines(path)) < 3:
+            time.sleep(0.05)
+        events = [json.loads(line) for line in _lines(path)]
+        self.assertEqual([e["request_id"] for e in events], ids)
+        self.assertEqual([e["path"] for e in events], [f"/api/proxy/jobs?n={n}" for n in range(3)])
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

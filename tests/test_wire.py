@@ -1,0 +1,325 @@
+"""
+The upstream connection in memory: what it writes, how it reads every
+response framing, and how it fails (the same exceptions as Twisted's client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from sora2proxy._chunked import ChunkedDecoder, ChunkedEncoder, WireError
+from sora2proxy._classify import classify
+from sora2proxy._wire import MAX_HEAD, UpstreamConnection
+
+
+class Body(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.reason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self.reason = reason
+
+
+@implementer(IBodyProducer)
+class Slow:
+    """A body that writes only when told to."""
+
+    def __init__(self, length: Any) -> None:
+        self.length = length
+        self.consumer: IConsumer | None = None
+        self.done: Deferred[None] = Deferred()
+        self.stopped = False
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self.consumer = consumer
+        return self.done
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class WireTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.idle: list[UpstreamConnection] = []
+        self.lost: list[UpstreamConnection] = []
+        self.connection = UpstreamConnection(self.idle.append, self.lost.append)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+
+    def send(self, method: bytes = b"GET", body: IBodyProducer | None = None) -> Deferred[Any]:
+        return self.connection.send(method + b" /x HTTP/1.1\r\nHost: u\r\n\r\n", body, method)
+
+    def answer(self, raw: bytes, method: bytes = b"GET", pieces: int = 0) -> tuple[Any, Body]:
+        result = self.send(method)
+        if pieces:
+            for i in range(0, len(raw), pieces):
+                self.connection.dataReceived(raw[i : i + pieces])
+        else:
+            self.connection.dataReceived(raw)
+        response = self.successResultOf(result)
+        body = Body()
+        response.deliverBody(body)
+        return response, body
+
+    def test_writes_head_and_small_body_as_given(self) -> None:
+        @implementer(IBodyProducer)
+        class Small:
+            length = 5
+
+            def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+                consumer.write(b"hello")
+                return succeed(None)
+
+            def stopProducing(self) -> None:
+                pass
+
+        self.connection.send(b"POST /a;?= HTTP/1.1\r\n\r\n", Small(), b"POST")
+        self.assertEqual(self.transport.value(), b"POST /a;?= HTTP/1.1\r\n\r\nhello")
+
+    def test_content_length_response_in_single_bytes(self) -> None:
+        raw = b"HTTP/1.1 201 Created\r\nContent-Type: a/b\r\nContent-Length: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabc"
+        response, body = self.answer(raw, pieces=1)
+        self.assertEqual((response.code, response.phrase, response.length), (201, b"Created", 3))
+        self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"1", b"2"])
+        self.assertIsNone(response.headers.getRawHeaders(b"content-length"))
+        self.assertEqual(response.connection_headers.getRawHeaders(b"content-length"), [b"3"])
+        self.assertEqual(body.data, b"abc")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [self.connection])
+
+    def test_chunked_response(self) -> None:
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n"
+        response, body = self.answer(raw, pieces=2)
+        self.assertIs(response.length, UNKNOWN_LENGTH)
+        self.assertEqual(body.data, b"abcde")
+        self.assertEqual(self.idle, [self.connection])
+
+    def test_body_until_close(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
+        self.connection.dataReceived(b" more")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(body.data, b"some more")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(PotentialDataLoss))
+        self.assertEqual(self.idle, [])
+
+    def test_reset_cuts_body_until_close(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
+        self.connection.connectionLost(Failure(ConnectionLost()))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+
+    def test_short_body_fails(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+        self.assertEqual(self.lost, [self.connection])
+
+    def test_head_and_304_keep_content_length(self) -> None:
+        response, _body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b"HEAD")
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"1234"])
+        self.assertEqual(response.length, 0)
+        self.assertEqual(self.idle, [self.connection])
+        response, _body = self.answer(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n")
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"9"])
+        self.assertEqual(self.idle, [self.connection, self.connection])
+
+    def test_informational_responses_skipped(self) -> None:
+        raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        response, body = self.answer(raw + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual((response.code, body.data), (200, b"ok"))
+        self.assertIsNone(response.headers.getRawHeaders(b"link"))
+
+    def test_connection_close_and_http10_not_reused(self) -> None:
+        self.answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_both_framings_is_chunked_then_closed(self) -> None:
+        raw = (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+        )
+        _response, body = self.answer(raw)
+        self.assertEqual(body.data, b"a")
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_folded_header_joined(self) -> None:
+        response, _body = self.answer(b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"one two"])
+
+    def assert_broken(self, raw: bytes) -> None:
+        result = self.send()
+        self.connection.dataReceived(raw)
+        failure = self.failureResultOf(result, ResponseFailed)
+        self.assertTrue(failure.value.reasons[0].check(WireError))
+        classified = classify(failure)
+        assert classified is not None
+        self.assertEqual((classified.kind.error_type, classified.reached_upstream), ("UPSTREAM_ERROR", True))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_bad_status_line(self) -> None:
+        self.assert_broken(b"HTTP/2 200 OK\r\n\r\n")
+
+    def test_bad_status_code(self) -> None:
+        self.assert_broken(b"HTTP/1.1 2x0 OK\r\n\r\n")
+
+    def test_unasked_switching_protocols(self) -> None:
+        self.assert_broken(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+
+    def test_bad_header_line(self) -> None:
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
+
+    def test_conflicting_content_lengths(self) -> None:
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+
+    def test_headers_too_large(self) -> None:
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD)
+
+    def test_bad_chunk(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+
+    def test_lost_before_any_byte(self) -> None:
+        result = self.send()
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(result, ResponseNeverReceived)
+        self.assertEqual(self.lost, [self.connection])
+
+    def test_lost_during_head(self) -> None:
+        result = self.send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        self.connection.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(result, ResponseFailed)
+
+    def test_lost_while_sending_body(self) -> None:
+        body = Slow(10)
+        result = self.send(b"PUT", body)
+        self.connection.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(result, RequestTransmissionFailed)
+        self.assertTrue(body.stopped)
+
+    def test_cancel_aborts(self) -> None:
+        result = self.send()
+        result.cancel()
+        failure = self.failureResultOf(result, ResponseNeverReceived)
+        self.assertTrue(self.transport.disconnecting or self.transport.disconnected)
+        classified = classify(failure)
+        assert classified is not None
+        self.assertEqual(classified.reason, "the try was cancelled")
+
+    def test_early_answer_stops_the_body(self) -> None:
+        body = Slow(1000)
+        result = self.send(b"PUT", body)
+        self.connection.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.successResultOf(result).code, 413)
+        self.assertTrue(body.stopped)
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unknown_length_body_is_chunked(self) -> None:
+        body = Slow(UNKNOWN_LENGTH)
+        self.send(b"POST", body)
+        assert body.consumer is not None
+        body.consumer.write(b"abc")
+        body.done.callback(None)
+        self.assertTrue(self.transport.value().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+
+    def test_body_buffered_until_delivered(self) -> None:
+        result = self.send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        response = self.successResultOf(result)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.connection.dataReceived(b"cd")
+        body = Body()
+        response.deliverBody(body)
+        self.assertEqual(body.data, b"abcd")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_body_transport_inert_after_the_response(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert body.transport is not None
+        body.transport.pauseProducing()  # type: ignore[attr-defined]
+        body.transport.stopProducing()  # type: ignore[attr-defined]
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertFalse(self.transport.disconnecting)
+        self.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def test_pause_stops_reading(self) -> None:
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+        assert body.transport is not None
+        body.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.assertEqual(self.transport.producerState, "paused")
+        body.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.assertEqual(self.transport.producerState, "producing")
+        body.transport.stopProducing()  # type: ignore[attr-defined]
+        self.assertTrue(self.transport.disconnecting or self.transport.disconnected)
+
+    def test_unasked_bytes_close_an_idle_connection(self) -> None:
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+
+class ChunkedTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+        st.integers(min_value=1, max_value=50),
+        st.binary(max_size=10),
+    )
+    def test_any_split_decodes(self, chunks: list[bytes], piece: int, after: bytes) -> None:
+        """Whatever the chunk sizes and however the bytes arrive, the body comes out whole."""
+        written: list[bytes] = []
+
+        class Sink:
+            def write(self, data: bytes) -> None:
+                written.append(data)
+
+        encoder = ChunkedEncoder(Sink())  # type: ignore[arg-type]
+        for chunk in chunks:
+            encoder.write(chunk)
+        encoder.finish()
+        raw = b"".join(written) + after
+        decoder = ChunkedDecoder()
+        out: list[bytes] = []
+        for i in range(0, len(raw), piece):
+            if decoder.done:
+                break
+            out += decoder.feed(raw[i : i + piece])
+        self.assertTrue(decoder.done)
+        self.assertEqual(b"".join(out), b"".join(chunks))
+
+    def test_limits(self) -> None:
+        self.assertRaises(WireError, ChunkedDecoder().feed, b"1" * 5000)
+        self.assertRaises(WireError, ChunkedDecoder().feed, b"0\r\n" + b"T: x\r\n" * 3000)
+        self.assertRaises(WireError, ChunkedDecoder().feed, b"1\r\naXX")
