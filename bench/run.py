@@ -6,7 +6,7 @@ table and never fails the build.
 Contenders: direct to the upstream (nginx), nginx as a reverse proxy with
 upstream keep-alive, Twisted's ``ReverseProxyResource``, and sora2proxy with
 its full feature set (health monitor, retries, request ids, metrics, admin,
-idempotency store).  Scenarios: small GET at 1 connection (latency), small GET
+idempotency store, an access log written to a file).  Scenarios: small GET at 1 connection (latency), small GET
 at 64 connections (requests/s), a 256 MiB download (MB/s), 1 MiB POSTs
 (requests/s).  Each figure is the median of ROUNDS runs, contenders
 interleaved round by round; the proxy under test runs on CPU 0, wrk and the
@@ -192,12 +192,13 @@ def main() -> None:
                         f"tcp:{ports['s2p']}:interface=127.0.0.1", "--admin-listen",
                         f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
                         f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
-                        "--max-inflight", "100000"])  # fmt: skip
+                        "--max-inflight", "100000", "--access-log", str(tmp / "access.log")])  # fmt: skip
         workers_port = free_port()
         spawn(-1, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy",
                    "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
                    "none", "--upstream", f"http://127.0.0.1:{ports['direct']}", "--prefix", "/",
-                   "--max-body", "8388608", "--max-inflight", "100000"])  # fmt: skip
+                   "--max-body", "8388608", "--max-inflight", "100000",
+                   "--access-log", str(tmp / "access-workers.log")])  # fmt: skip
         nextjs = start_nextjs(ports["next"], ports["direct"])
         for port in (ports["rpr"], ports["s2p"], workers_port):
             wait_port(port)

@@ -91,3 +91,38 @@ class WorkerEndpointTests(SynchronousTestCase):
             sora2proxy_args(["twistd", "-n", "sora2proxy", "--timeout", "3"]), ["--timeout", "3"]
         )
         self.assertEqual(sora2proxy_args(["python", "-c", "x"]), [])
+
+
+class Empty(Resource):
+    isLeaf = True
+
+    def render(self, request: object) -> bytes:
+        request.setResponseCode(204)  # type: ignore[attr-defined]
+        return b""
+
+
+class ResponseWritingTests(SynchronousTestCase):
+    def test_head_and_body_written_together(self) -> None:
+        """The response head is held back and written with the first body bytes, in one write."""
+        channel, transport, _ = connected()
+        writes: list[bytes] = []
+        original = transport.write
+        transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[method-assign]
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n\r\n")  # type: ignore[attr-defined]
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(writes[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(writes[0].endswith(b"\r\n\r\nhello"))
+
+    def test_bodiless_answers_still_get_their_head(self) -> None:
+        """A 204 and a HEAD answer (no body bytes) get their head when the request ends."""
+        clock = MemoryReactorClock()
+        for resource, method in ((Empty(), b"GET"), (Hello(), b"HEAD")):
+            channel = ProxySite(resource, ProxyConfig(), reactor=clock).buildProtocol(None)  # type: ignore[arg-type]
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(method + b" / HTTP/1.1\r\nHost: p\r\n\r\n")
+            first = transport.value()
+            self.assertTrue(first.startswith(b"HTTP/1.1 204" if method == b"GET" else b"HTTP/1.1 200"), first)
+            self.assertTrue(first.endswith(b"\r\n\r\n"))
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n\r\n")
+            self.assertEqual(transport.value().count(b"HTTP/1.1 "), 2)

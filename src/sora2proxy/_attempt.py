@@ -33,6 +33,9 @@ from ._headers import (
 SMALL_BODY = 64 * 1024
 CHUNK = 64 * 1024
 
+#: Request headers not copied upstream (the client and the proxy set their own).
+_NOT_COPIED = SET_BY_CLIENT | {REQUEST_ID}
+
 #: Methods whose empty body is still sent with C{Content-Length: 0}.
 _BODY_EXPECTED = frozenset({b"POST", b"PUT", b"PATCH"})
 
@@ -163,7 +166,7 @@ def forwarded_headers(
     C{preserve_host}.
     """
     headers = Headers()
-    for name, values in end_to_end(request.requestHeaders, SET_BY_CLIENT | {REQUEST_ID}):
+    for name, values in end_to_end(request.requestHeaders, _NOT_COPIED):
         headers.setRawHeaders(name, values)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
     peer = request.getClientAddress()

@@ -13,7 +13,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
+from ._eager import send_now
 from ._errors import ErrorKind, raw_error
 from ._headers import new_request_id
 
@@ -47,6 +49,7 @@ class ProxyChannel(HTTPChannel):
         self._head_bytes = 0
         self._head_timer: IDelayedCall | None = None
         self._refused = False
+        self._held = b""
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -105,6 +108,32 @@ class ProxyChannel(HTTPChannel):
         if self.transport is not None:
             self.transport.write(raw_error(kind, message, details, request_id))
             self.transport.loseConnection()
+
+    # Writing the response: its head is held until the first body bytes (or
+    # the request's end), and both go to the socket at once (send_now).
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self._flush_held()
+        self._held = b"".join(head)
+
+    def write(self, data: bytes) -> None:
+        held, self._held = self._held, b""
+        send_now(self.transport, held + data if held else data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def requestDone(self, request: Any) -> None:
+        self._flush_held()
+        super().requestDone(request)  # type: ignore[no-untyped-call]
+
+    def _flush_held(self) -> None:
+        if self._held:
+            self.write(b"")
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()

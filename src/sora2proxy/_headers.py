@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -67,16 +67,17 @@ def connection_named(headers: Headers) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def end_to_end(headers: Headers, also_drop: Iterable[bytes] = ()) -> Iterator[tuple[bytes, list[bytes]]]:
+def end_to_end(headers: Headers, also_drop: Iterable[bytes] = ()) -> Iterator[tuple[bytes, Sequence[bytes]]]:
     """
     Yield the end-to-end headers of C{headers}, in their order.
 
     @param also_drop: further lowercase names to leave out.
     """
-    drop = HOP_BY_HOP | connection_named(headers) | frozenset(also_drop)
+    extra = connection_named(headers).union(also_drop)
     for name, values in headers.getAllRawHeaders():
-        if name.lower() not in drop:
-            yield name, list(values)
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and (not extra or lower not in extra):
+            yield name, values
 
 
 def append_forwarded_for(headers: Headers, client_ip: str | None) -> None:

@@ -77,7 +77,7 @@ class BodyRelay(Protocol):
             return
         if producing is not None:
             self._request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if isinstance(reason.value, ResponseDone | PotentialDataLoss):
             self._request.finish()
             self._done(None)
             return

@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 
 from ._chunked import ChunkedDecoder, ChunkedEncoder, WireError
+from ._eager import send_now
 from ._upstream_response import UpstreamResponse
 
 #: The most bytes of status line and headers that one response may have.
@@ -136,8 +137,10 @@ class UpstreamConnection(Protocol):
         self._result = result
         self._head_request = method == b"HEAD"
         self._buffer = b""
-        self.transport.write(head)
-        if body is not None:
+        if body is None:
+            send_now(self.transport, head)
+        else:
+            self.transport.write(head)
             self._send_body(body)
         return result
 
