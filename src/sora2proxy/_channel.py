@@ -54,11 +54,16 @@ class ProxyChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self.line_mode and self._head_timer is None and self.header_timeout:
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        # The timer runs only while a request head is incomplete: a head that
+        # arrives whole (the common case) never costs a DelayedCall.
+        if self._head_timer is None and self.header_timeout and self._head_pending() and not self._refused:
             clock = getattr(getattr(self, "site", None), "reactor", None)
             if clock is not None:
                 self._head_timer = clock.callLater(self.header_timeout, self._too_slow)
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _head_pending(self) -> bool:
+        return bool(self.line_mode and (self._head_lines or getattr(self, "_buffer", b"")))
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:

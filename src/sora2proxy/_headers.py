@@ -61,10 +61,14 @@ def connection_named(headers: Headers) -> frozenset[bytes]:
     """
     @return: the header names that the C{Connection} header lists, lowercased.
     """
-    named: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        named.update(token.strip().lower() for token in value.split(b",") if token.strip())
-    return frozenset(named)
+    return listed_names(headers.getRawHeaders(b"connection", []))
+
+
+def listed_names(values: Sequence[bytes]) -> frozenset[bytes]:
+    """
+    @return: the lowercased names listed in C{values} (of a C{Connection} header).
+    """
+    return frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
 
 
 def end_to_end(headers: Headers, also_drop: Iterable[bytes] = ()) -> Iterator[tuple[bytes, Sequence[bytes]]]:
@@ -106,9 +110,12 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
+_FORWARDED_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~:0-9A-Za-z]+")
+
+
 def _forwarded_value(value: bytes) -> str:
     text = value.decode("latin-1")
-    if all(c.isalnum() or c in "!#$%&'*+-.^_`|~:" for c in text):
+    if _FORWARDED_TOKEN.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

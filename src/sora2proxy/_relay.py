@@ -6,19 +6,19 @@ upstream read).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._headers import HOP_BY_HOP, REQUEST_ID, append_via, connection_named, end_to_end
+from ._headers import HOP_BY_HOP, REQUEST_ID, append_via, connection_named, listed_names
 from ._idempotency_store import StoredResponse
+from ._upstream_response import Fields
 
 
 class BodyRelay(Protocol):
@@ -129,29 +129,29 @@ def start_response(
     """
     request.setResponseCode(response.code, response.phrase)
     headers = request.responseHeaders
-    named = connection_named(_connection_headers(response))
-    for name, values in end_to_end(response.headers, named):
-        lower = name.lower()
+    fields: Fields | None = getattr(response, "fields", None)
+    if fields is not None:  # an UpstreamResponse: its fields as parsed, no Headers built
+        control: Fields = getattr(response, "connection_fields", {})
+        named = listed_names(control.get(b"connection", (b"", []))[1])
+        groups: Iterable[tuple[bytes, bytes, Sequence[bytes]]] = (
+            (lower, name, values) for lower, (name, values) in fields.items()
+        )
+    else:
+        named = connection_named(response.headers)
+        groups = ((name.lower(), name, values) for name, values in response.headers.getAllRawHeaders())
+    for lower, name, values in groups:
+        if lower in HOP_BY_HOP or (named and lower in named):
+            continue
         if upstream_base and lower in (b"location", b"content-location"):
             public = _public_base(request)
             values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
         headers.setRawHeaders(name, values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
-        # Twisted's client keeps Content-Length apart; the client gets the same framing.
+        # The client gets the same framing (Content-Length is kept apart from the headers).
         headers.setRawHeaders(b"content-length", [b"%d" % length])
     append_via(headers)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
-
-
-def _connection_headers(response: IResponse) -> Headers:
-    """
-    The upstream's headers about the connection (C{Connection} names more
-    hop-by-hop headers): L{UpstreamResponse} keeps them apart from
-    C{response.headers}; another agent's responses have none.
-    """
-    found = getattr(response, "connection_headers", None)
-    return found if isinstance(found, Headers) else Headers()
 
 
 def _public_base(request: Request) -> bytes:

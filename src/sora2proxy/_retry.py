@@ -291,7 +291,11 @@ class RetryLoop:
         self._pending = None
         self.maybe_reached = True
         self._router.succeeded(response)
-        retry_after = parse_retry_after(response.headers.getRawHeaders(b"retry-after"), self._clock.seconds())
+        retry_after = None
+        if response.code >= 400:  # Retry-After only matters to answers that may be retried
+            retry_after = parse_retry_after(
+                response.headers.getRawHeaders(b"retry-after"), self._clock.seconds()
+            )
         decision = self._policy.after_response(
             self._method,
             self._has_idempotency_key,

@@ -15,6 +15,19 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+#: Header fields by lowercase name: the name as sent and the values in order.
+Fields = dict[bytes, tuple[bytes, list[bytes]]]
+
+
+def headers_of(fields: Fields) -> Headers:
+    """
+    @return: C{fields} as L{Headers}.
+    """
+    headers = Headers()
+    for name, values in fields.values():
+        headers.setRawHeaders(name, values)
+    return headers
+
 
 class ReadControl(Interface):
     """
@@ -34,7 +47,9 @@ class UpstreamResponse:
     A response read from an upstream; its body is streamed to the protocol
     given to L{deliverBody} (buffered until then, the connection paused).
 
-    @ivar connection_headers: the response's headers about the connection
+    @ivar fields: the response's header fields (C{headers} is made of them
+        when first read).
+    @ivar connection_fields: its header fields about the connection
         (C{Connection}, C{Transfer-Encoding}...), not in C{headers}.
     """
 
@@ -46,22 +61,33 @@ class UpstreamResponse:
         version: tuple[bytes, int, int],
         code: int,
         phrase: bytes,
-        headers: Headers,
-        connection_headers: Headers,
+        fields: Fields,
+        connection_fields: Fields,
         length: int | object,
         connection: ReadControl,
     ) -> None:
         self.version = version
         self.code = code
         self.phrase = phrase
-        self.headers = headers
-        self.connection_headers = connection_headers
+        self.fields = fields
+        self.connection_fields = connection_fields
+        self._headers: Headers | None = None
         self.length = length
         self._connection = connection
         self._protocol: Protocol | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
         self._transport = BodyTransport(connection)
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = headers_of(self.fields)
+        return self._headers
+
+    @property
+    def connection_headers(self) -> Headers:
+        return headers_of(self.connection_fields)
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response

@@ -29,12 +29,11 @@ from twisted.web._newclient import (
 )
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 
 from ._chunked import ChunkedDecoder, ChunkedEncoder, WireError
 from ._eager import send_now
-from ._upstream_response import UpstreamResponse
+from ._upstream_response import Fields, UpstreamResponse
 
 #: The most bytes of status line and headers that one response may have.
 MAX_HEAD = 64 * 1024
@@ -243,8 +242,8 @@ class UpstreamConnection(Protocol):
             if code == 101:
                 raise WireError("101 Switching Protocols to a request that asked for no upgrade")
             return None
-        headers = Headers()
-        control = Headers()
+        fields: Fields = {}
+        control: Fields = {}
         last: list[bytes] | None = None
         for line in lines[1:]:
             line = line.rstrip(b"\r")
@@ -259,19 +258,24 @@ class UpstreamConnection(Protocol):
             lower = name.lower()
             # The Content-Length of a HEAD or 304 answer describes the resource: an end-to-end header.
             entity = lower == b"content-length" and (self._head_request or code == 304)
-            target = control if lower in CONNECTION_CONTROL and not entity else headers
-            target.addRawHeader(name, value.strip(b" \t"))
-            last = target.getRawHeaders(name)  # type: ignore[assignment]
+            target = control if lower in CONNECTION_CONTROL and not entity else fields
+            entry = target.get(lower)
+            if entry is None:
+                last = [value.strip(b" \t")]
+                target[lower] = (name, last)
+            else:
+                last = entry[1]
+                last.append(value.strip(b" \t"))
         minor = 1 if status[0] == b"HTTP/1.1" else 0
-        return self._frame(minor, code, status[2] if len(status) > 2 else b"", headers, control)
+        return self._frame(minor, code, status[2] if len(status) > 2 else b"", fields, control)
 
     def _frame(
-        self, minor: int, code: int, phrase: bytes, headers: Headers, control: Headers
+        self, minor: int, code: int, phrase: bytes, fields: Fields, control: Fields
     ) -> UpstreamResponse:
-        tokens = b",".join(control.getRawHeaders(b"connection", [])).lower()
-        self._reusable = minor == 1 and b"close" not in tokens
-        coding = control.getRawHeaders(b"transfer-encoding")
-        lengths = control.getRawHeaders(b"content-length")
+        connection = control.get(b"connection", (b"", []))[1]
+        self._reusable = minor == 1 and b"close" not in b",".join(connection).lower()
+        coding = control.get(b"transfer-encoding")
+        lengths = control.get(b"content-length")
         length: int | object = UNKNOWN_LENGTH
         self._remaining = None
         self._chunks = None
@@ -280,18 +284,18 @@ class UpstreamConnection(Protocol):
         elif coding:
             if lengths:
                 self._reusable = False  # both framings: RFC 9112 section 6.3 keeps chunked, then closes
-            if b",".join(coding).lower().rsplit(b",", 1)[-1].strip() == b"chunked":
+            if b",".join(coding[1]).lower().rsplit(b",", 1)[-1].strip() == b"chunked":
                 self._chunks = ChunkedDecoder()
             else:
                 self._reusable = False
         elif lengths:
-            values = {v.strip() for value in lengths for v in value.split(b",")}
+            values = {v.strip() for value in lengths[1] for v in value.split(b",")}
             if len(values) != 1 or not (value := values.pop()).isdigit():
-                raise WireError(f"bad Content-Length {b','.join(lengths)[:80]!r}")
+                raise WireError(f"bad Content-Length {b','.join(lengths[1])[:80]!r}")
             length = self._remaining = int(value)
         else:
             self._reusable = False  # the body ends with the connection
-        return UpstreamResponse((b"HTTP", 1, minor), code, phrase, headers, control, length, self)
+        return UpstreamResponse((b"HTTP", 1, minor), code, phrase, fields, control, length, self)
 
     def _body_data(self, data: bytes) -> None:
         response = self._response
