@@ -7,6 +7,7 @@ Profile the hot path: the proxy in-process under cProfile while wrk loads it.
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import subprocess
 import sys
@@ -21,7 +22,8 @@ def main() -> None:
     upstream, seconds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5
     options = Options()
     options.parseOptions(["--listen", "tcp:44790:interface=127.0.0.1", "--admin-listen", "none",
-                          "--upstream", upstream, "--prefix", "/", "--health-path", "/api/small.json"])  # fmt: skip
+                          "--upstream", upstream, "--prefix", "/", "--health-path", "/api/small.json",
+                          "--access-log", os.devnull])  # fmt: skip
     assert options.config is not None
     service = build_service(options.config, options.listen, reactor)
     service.startService()

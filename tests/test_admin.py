@@ -270,3 +270,17 @@ class JSONLinesTests(SynchronousTestCase):
         self.assertNotIn("obj", first)
         self.assertIn("ZeroDivisionError", second["traceback"])
         self.assertEqual(second["level"], "critical")
+
+
+class WindowCountTests(SynchronousTestCase):
+    def test_counts_the_last_minute_in_bounded_memory(self) -> None:
+        """Rates count events of the last RATE_WINDOW seconds, one bucket a second, however many events."""
+        from sora2proxy._status import RATE_WINDOW, WindowCount
+
+        count = WindowCount()
+        for tick in range(3000):  # 50 events a second for 60 s
+            count.add(1000 + tick / 50)
+        self.assertEqual(count.total(1059.99), 3000)
+        self.assertLessEqual(len(count._seconds), RATE_WINDOW + 1)
+        self.assertEqual(count.total(1000 + RATE_WINDOW + 10.5), 50 * 49)  # the first ten seconds left
+        self.assertEqual(count.total(5000), 0)

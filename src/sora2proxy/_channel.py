@@ -50,6 +50,7 @@ class ProxyChannel(HTTPChannel):
         self._head_timer: IDelayedCall | None = None
         self._refused = False
         self._held = b""
+        self._host: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -64,6 +65,13 @@ class ProxyChannel(HTTPChannel):
 
     def _head_pending(self) -> bool:
         return bool(self.line_mode and (self._head_lines or getattr(self, "_buffer", b"")))
+
+    def getHost(self) -> Any:
+        # Each request asks; the local address of a connection never changes
+        # (Twisted's TCP transport asks the kernel every time).
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return self._host
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:

@@ -33,6 +33,12 @@ class ProxyRequest(Request):
     _rejected = False
     _received = 0
 
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        # A form body is forwarded as bytes, never parsed into C{args} (work
+        # and memory a proxy does not need, on bodies up to --max-body).
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+
     def _limit(self) -> ProxyConfig | None:
         site = getattr(self.channel, "site", None)
         return getattr(site, "config", None)

@@ -30,32 +30,53 @@ class UpstreamView(Protocol):
         """Its health, ejection and health timeline, as JSON-ready data."""
 
 
+class WindowCount:
+    """
+    How many events happened in the last L{RATE_WINDOW} seconds, kept as
+    one count per second (bounded memory and constant time per event,
+    whatever the request rate).
+    """
+
+    def __init__(self) -> None:
+        self._seconds: deque[list[int]] = deque()  # [second, count], oldest first
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if self._seconds and self._seconds[-1][0] == second:
+            self._seconds[-1][1] += 1
+        else:
+            self._seconds.append([second, 1])
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        oldest = now - RATE_WINDOW
+        while self._seconds and self._seconds[0][0] < oldest:
+            self._seconds.popleft()
+
+    def total(self, now: float) -> int:
+        self.prune(now)
+        return sum(count for _, count in self._seconds)
+
+
 @define
 class StatusBoard:
     """
-    Recent errors (with request ids) and recent request, retry and error times.
+    Recent errors (with request ids) and recent request, retry and error counts.
     """
 
     _clock: IReactorTime
     recent_errors: deque[dict[str, Any]] = field(factory=lambda: deque(maxlen=50))
-    _requests: deque[float] = field(factory=deque)
-    _retries: deque[float] = field(factory=deque)
-    _failures: deque[float] = field(factory=deque)
-
-    def _prune(self, now: float) -> None:
-        oldest = now - RATE_WINDOW
-        for times in (self._requests, self._retries, self._failures):
-            while times and times[0] < oldest:
-                times.popleft()
+    _requests: WindowCount = field(factory=WindowCount)
+    _retries: WindowCount = field(factory=WindowCount)
+    _failures: WindowCount = field(factory=WindowCount)
 
     def request_finished(
         self, method: str, path: str, status: int, error_type: str, request_id: str, upstream: str
     ) -> None:
         now = self._clock.seconds()
-        self._prune(now)
-        self._requests.append(now)
+        self._requests.add(now)
         if error_type or status >= 500:
-            self._failures.append(now)
+            self._failures.add(now)
             self.recent_errors.appendleft(
                 {
                     "time": now,
@@ -69,17 +90,14 @@ class StatusBoard:
             )
 
     def retried(self) -> None:
-        now = self._clock.seconds()
-        self._prune(now)
-        self._retries.append(now)
+        self._retries.add(self._clock.seconds())
 
     def snapshot(self, upstreams: Sequence[UpstreamView], in_flight: int, draining: bool) -> dict[str, Any]:
         """
         Everything the status page shows, as JSON-ready data.
         """
         now = self._clock.seconds()
-        self._prune(now)
-        requests = len(self._requests)
+        requests = self._requests.total(now)
         return {
             "time": now,
             "draining": draining,
@@ -87,8 +105,8 @@ class StatusBoard:
             "rates": {
                 "windowSeconds": RATE_WINDOW,
                 "requestsPerSecond": round(requests / RATE_WINDOW, 3),
-                "retriesPerSecond": round(len(self._retries) / RATE_WINDOW, 3),
-                "errorRate": round(len(self._failures) / requests, 4) if requests else 0.0,
+                "retriesPerSecond": round(self._retries.total(now) / RATE_WINDOW, 3),
+                "errorRate": round(self._failures.total(now) / requests, 4) if requests else 0.0,
             },
             "upstreams": [u.snapshot() for u in upstreams],
             "recentErrors": list(self.recent_errors),
