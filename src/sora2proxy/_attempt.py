@@ -21,12 +21,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._headers import (
+    HOP_BY_HOP,
     REQUEST_ID,
     SET_BY_CLIENT,
-    append_forwarded,
-    append_forwarded_for,
-    append_via,
-    end_to_end,
+    VIA,
+    connection_named,
+    forwarded_element,
 )
 
 #: Bodies up to this size are written to the upstream in one go.
@@ -161,24 +161,36 @@ def forwarded_headers(
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers, in order,
-    with C{X-Request-ID}, C{X-Forwarded-*}, C{Forwarded} and C{Via} set;
-    C{Host} is the upstream's (set by the HTTP client from the URL) unless
-    C{preserve_host}.
+    with C{X-Request-ID}, C{X-Forwarded-*}, C{Forwarded} and C{Via} set (the
+    last three appended to what the client sent); C{Host} is the upstream's
+    (set by the HTTP client from the URL) unless C{preserve_host}.
     """
-    headers = Headers()
-    for name, values in end_to_end(request.requestHeaders, _NOT_COPIED):
-        headers.setRawHeaders(name, values)
-    headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
-    peer = request.getClientAddress()
-    client_ip: str | None = getattr(peer, "host", None)
+    source = request.requestHeaders
+    named = connection_named(source)
+    fields: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    for name, values in source.getAllRawHeaders():
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in _NOT_COPIED and not (named and lower in named):
+            fields[lower] = (name, list(values))
+
+    def append(lower: bytes, name: bytes, value: bytes) -> None:
+        entry = fields.get(lower)
+        fields[lower] = (entry[0], [b", ".join([*entry[1], value])]) if entry else (name, [value])
+
+    fields[REQUEST_ID] = (b"X-Request-Id", [request_id.encode("ascii")])
+    client_ip: str | None = getattr(request.getClientAddress(), "host", None)
     host = request.getHeader(b"host")
     proto = b"https" if secure else b"http"
-    append_forwarded_for(headers, client_ip)
-    headers.setRawHeaders(b"x-forwarded-proto", [proto])
+    if client_ip is not None:
+        append(b"x-forwarded-for", b"X-Forwarded-For", client_ip.encode("ascii", "replace"))
+    fields[b"x-forwarded-proto"] = (b"X-Forwarded-Proto", [proto])
     if host is not None:
-        headers.setRawHeaders(b"x-forwarded-host", [host])
+        fields[b"x-forwarded-host"] = (b"X-Forwarded-Host", [host])
         if preserve_host:
-            headers.setRawHeaders(b"host", [host])
-    append_forwarded(headers, client_ip, host, proto)
-    append_via(headers)
+            fields[b"host"] = (b"Host", [host])
+    append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
+    append(b"via", b"Via", VIA)
+    headers = Headers()
+    for name, values in fields.values():
+        headers.setRawHeaders(name, values)
     return headers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -71,33 +71,6 @@ def listed_names(values: Sequence[bytes]) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
 
 
-def end_to_end(headers: Headers, also_drop: Iterable[bytes] = ()) -> Iterator[tuple[bytes, Sequence[bytes]]]:
-    """
-    Yield the end-to-end headers of C{headers}, in their order.
-
-    @param also_drop: further lowercase names to leave out.
-    """
-    extra = connection_named(headers).union(also_drop)
-    for name, values in headers.getAllRawHeaders():
-        lower = name.lower()
-        if lower not in HOP_BY_HOP and (not extra or lower not in extra):
-            yield name, values
-
-
-def append_forwarded_for(headers: Headers, client_ip: str | None) -> None:
-    """
-    Append the client's address to C{X-Forwarded-For}.
-    """
-    if client_ip is None:
-        return
-    existing = headers.getRawHeaders(b"x-forwarded-for")
-    own = client_ip.encode("ascii", "replace")
-    if existing:
-        headers.setRawHeaders(b"x-forwarded-for", [b", ".join([*existing, own])])
-    else:
-        headers.setRawHeaders(b"x-forwarded-for", [own])
-
-
 def append_via(headers: Headers) -> None:
     """
     Append the proxy to C{Via} (RFC 9110 section 7.6.3).
@@ -120,9 +93,9 @@ def _forwarded_value(value: bytes) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def append_forwarded(headers: Headers, client_ip: str | None, host: bytes | None, proto: bytes) -> None:
+def forwarded_element(client_ip: str | None, host: bytes | None, proto: bytes) -> bytes:
     """
-    Append this hop to C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}.
+    This hop's element of C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}.
     """
     parts = []
     if client_ip is not None:
@@ -130,6 +103,4 @@ def append_forwarded(headers: Headers, client_ip: str | None, host: bytes | None
     if host is not None:
         parts.append(f"host={_forwarded_value(host)}")
     parts.append(f"proto={proto.decode('ascii')}")
-    element = ";".join(parts).encode("latin-1")
-    existing = headers.getRawHeaders(b"forwarded")
-    headers.setRawHeaders(b"forwarded", [b", ".join([*existing, element]) if existing else element])
+    return ";".join(parts).encode("latin-1")

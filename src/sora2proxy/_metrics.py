@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
+from ._counts import CountedMetrics
 from ._status import StatusBoard
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
@@ -45,36 +46,32 @@ class Telemetry:
     def __attrs_post_init__(self) -> None:
         registry = self.registry
         self.board = StatusBoard(self._clock)
-        # Labelled children, looked up once: labels() costs on every request.
-        self._request_children: dict[tuple[str, int], Any] = {}
-        self._seconds_children: dict[str, Any] = {}
-        self._try_children: dict[tuple[str, str], Any] = {}
-        self._upstream_children: dict[str, Any] = {}
-        self._requests = Counter(
-            "sora2proxy_requests", "Requests answered, by method and status.", ["method", "status"],
-            registry=registry,
+        # The per-request metrics are plain counts read at scrape time (_counts).
+        counted = CountedMetrics(_LATENCY_BUCKETS)
+        registry.register(counted)
+        self._new_histogram = counted.new_histogram
+        self._requests = counted.counter(
+            "sora2proxy_requests", "Requests answered, by method and status.", ["method", "status"]
+        )
+        self._request_seconds = counted.histogram(
+            "sora2proxy_request_duration_seconds", "Time from request to response end.", ["method"]
+        )
+        self._tries = counted.counter(
+            "sora2proxy_upstream_tries", "Upstream tries, by upstream and outcome.", ["upstream", "outcome"]
+        )
+        self._upstream_seconds = counted.histogram(
+            "sora2proxy_upstream_duration_seconds", "Time from sending a try to its response headers.",
+            ["upstream"],
         )  # fmt: skip
         self._errors = Counter(
             "sora2proxy_errors", "Error answers made by the proxy, by errorType.", ["error_type"],
             registry=registry,
         )  # fmt: skip
-        self._request_seconds = Histogram(
-            "sora2proxy_request_duration_seconds", "Time from request to response end.", ["method"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
         self._in_flight = Gauge("sora2proxy_requests_in_flight", "Requests being handled.", registry=registry)
         self._in_flight.set_function(lambda: self.in_flight)
-        self._tries = Counter(
-            "sora2proxy_upstream_tries", "Upstream tries, by upstream and outcome.", ["upstream", "outcome"],
-            registry=registry,
-        )  # fmt: skip
         self._retries = Counter(
             "sora2proxy_upstream_retries", "Retries sent, by upstream.", ["upstream"], registry=registry
         )
-        self._upstream_seconds = Histogram(
-            "sora2proxy_upstream_duration_seconds", "Time from sending a try to its response headers.",
-            ["upstream"], buckets=_LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
         self._health = Gauge(
             "sora2proxy_upstream_healthy", "Health per upstream: 1 up, 0 down, -1 unknown.", ["upstream"],
             registry=registry,
@@ -122,14 +119,11 @@ class Telemetry:
         """
         self.in_flight -= 1
         label = _method_label(method)
-        key = (label, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self._requests.labels(label, str(status))
-        counter.inc()
-        histogram = self._seconds_children.get(label)
+        key = (label, str(status))
+        self._requests[key] = self._requests.get(key, 0) + 1
+        histogram = self._request_seconds.get((label,))
         if histogram is None:
-            histogram = self._seconds_children[label] = self._request_seconds.labels(label)
+            histogram = self._request_seconds[(label,)] = self._new_histogram()
         histogram.observe(seconds)
         if error_type:
             self._errors.labels(error_type).inc()
@@ -140,13 +134,10 @@ class Telemetry:
         A try ended: C{outcome} is C{ok}, C{5xx} or the failure's errorType.
         """
         key = (upstream, outcome)
-        tries = self._try_children.get(key)
-        if tries is None:
-            tries = self._try_children[key] = self._tries.labels(upstream, outcome)
-        tries.inc()
-        histogram = self._upstream_children.get(upstream)
+        self._tries[key] = self._tries.get(key, 0) + 1
+        histogram = self._upstream_seconds.get((upstream,))
         if histogram is None:
-            histogram = self._upstream_children[upstream] = self._upstream_seconds.labels(upstream)
+            histogram = self._upstream_seconds[(upstream,)] = self._new_histogram()
         histogram.observe(seconds)
 
     def retried(self, upstream: str) -> None:
