@@ -19,7 +19,7 @@ from twisted.web.client import readBody
 from sora2proxy._client import UpstreamClient
 from sora2proxy._endpoints import UpstreamEndpoints
 
-from .helpers import CountingSite, RecordingUpstream, reactor, refused_port, wait
+from .helpers import CountingSite, LoopbackMixin, RecordingUpstream, reactor, refused_port, wait
 
 
 class Canned(Protocol):
@@ -168,3 +168,19 @@ async def _both(client: UpstreamClient, url: bytes) -> list[int]:
         await readBody(response)
         codes.append(response.code)
     return codes
+
+
+class PoolConfigTests(LoopbackMixin, TestCase):
+    @inlineCallbacks
+    def test_upstream_idle_timeout(self) -> Any:
+        """A pooled connection idle longer than --upstream-idle-timeout is not reused; a fresher one is."""
+        connections = []
+        for idle_timeout in (0.2, 4.0):
+            site, upstream = self.start_upstream(RecordingUpstream())
+            base, _ = self.start_proxy(upstream=upstream, health_path="", upstream_idle_timeout=idle_timeout)
+            for _ in range(2):
+                response, _ = yield self.fetch(b"GET", base + "/api/proxy/x")
+                self.assertEqual(response.code, 200)
+                yield wait(0.5)
+            connections.append(site.connections)
+        self.assertEqual(connections, [2, 1])

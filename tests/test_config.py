@@ -114,6 +114,9 @@ class ValidationTests(SynchronousTestCase):
             ("--health-path", "--health-path", "health"),
             ("--listen", "--listen", "carrier-pigeon:3200"),
             ("--listen", "--listen", "tcp:notaport"),
+            ("--upstream-idle-timeout", "--upstream-idle-timeout", "0"),
+            ("--access-log", "--access-log", "/no/such/dir/access.log"),
+            ("--access-log", "--access-log", "/tmp"),
         ]
         for option, *argv in cases:
             self.assert_rejected(option, *argv)

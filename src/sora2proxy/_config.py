@@ -254,6 +254,9 @@ class ProxyConfig:
     @ivar max_inflight: requests handled at once; more get 503 C{OVERLOADED}.
     @ivar header_timeout: seconds a client may take to send a request's headers (0: no limit).
     @ivar idle_timeout: seconds an idle client connection is kept (0: no limit).
+    @ivar upstream_idle_timeout: seconds an idle upstream connection is kept
+        for reuse (below the backend's own keep-alive timeout, so that the
+        backend never closes a connection just as a request is sent on it).
     @ivar idempotency_store: C{memory}, C{off}, or C{redis://HOST:PORT/DB}.
     @ivar idempotency_ttl: seconds a stored answer is replayed.
     @ivar idempotency_max_body: largest answer body stored, in bytes.
@@ -297,6 +300,7 @@ class ProxyConfig:
     max_inflight: int = field(default=1000, validator=_at_least_one)
     header_timeout: float = field(default=10.0, validator=_not_negative)
     idle_timeout: float = field(default=60.0, validator=_not_negative)
+    upstream_idle_timeout: float = field(default=4.0, validator=_positive)
     idempotency_store: str = field(default="memory", validator=_valid_store)
     idempotency_ttl: float = field(default=86_400.0, validator=_positive)
     idempotency_max_body: int = field(default=1024 * 1024, validator=_whole_not_negative)

@@ -119,7 +119,9 @@ def build_proxy(
     endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
         # Never retries by itself: every retry is the retry loop's own, counted and policed there.
-        client = UpstreamClient(clock, endpoints, max_idle=POOL_SIZE, idle_timeout=30)
+        client = UpstreamClient(
+            clock, endpoints, max_idle=POOL_SIZE, idle_timeout=config.upstream_idle_timeout
+        )
         _PoolService(client).setServiceParent(service)  # type: ignore[no-untyped-call]
         agent = client
     healths: list[HealthState | None] = []
