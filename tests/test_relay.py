@@ -5,9 +5,11 @@ upstream dies, and the upstream released when the client goes away.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -15,6 +17,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from .helpers import LoopbackMixin, reactor, wait
 
@@ -37,6 +40,48 @@ class StreamingUpstream(Resource):
             request.setHeader(b"content-length", b"%d" % self.length)
         request.write(b"data: first\n\n")
         request.notifyFinish().addErrback(lambda _: self.lost.append(request))
+        return NOT_DONE_YET
+
+
+class Flood(Resource):
+    """Writes C{size} bytes as fast as the connection takes them (a push producer)."""
+
+    isLeaf = True
+    CHUNK = b"v" * 65536
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.sent = 0
+        self.finished = False
+
+    def render(self, request: Request) -> int:
+        flood = self
+        request.setHeader(b"content-length", b"%d" % self.size)
+
+        @implementer(IPushProducer)
+        class Producer:
+            paused = False
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                while not self.paused and flood.sent < flood.size:
+                    request.write(flood.CHUNK)
+                    flood.sent += len(flood.CHUNK)
+                if flood.sent >= flood.size and not flood.finished:
+                    flood.finished = True
+                    request.unregisterProducer()
+                    request.finish()
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+
+            def stopProducing(self) -> None:
+                self.paused = True
+
+        producer = Producer()
+        request.registerProducer(producer, True)
+        reactor.callLater(0, producer.resumeProducing)
         return NOT_DONE_YET
 
 
@@ -108,6 +153,42 @@ class RelayTests(LoopbackMixin, TestCase):
                 break
             yield wait(0.01)
         self.assertEqual(len(upstream.lost), 1)
+
+    @inlineCallbacks
+    def test_slow_client_pauses_the_upstream(self) -> Any:
+        """A client that stops reading stops the upstream too (backpressure): the proxy does not buffer the body."""
+        size = 64 * 1024 * 1024
+        upstream = Flood(size)
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        port = int(proxy.rsplit(":", 1)[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(client.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.sendall(b"GET /api/proxy/big HTTP/1.1\r\nHost: p\r\n\r\n")
+        previous = -1
+        for _ in range(100):  # until the upstream stops getting anywhere (at most 10 s)
+            yield wait(0.1)
+            if upstream.sent == previous and upstream.sent > 0:
+                break
+            previous = upstream.sent
+        self.assertFalse(upstream.finished)
+        self.assertLess(upstream.sent, size // 2)  # socket buffers' worth, not the body
+        client.setblocking(False)
+        received = 0
+        for _ in range(3000):  # then reading it all gets the whole body
+            try:
+                chunk = client.recv(1 << 20)
+            except BlockingIOError:
+                yield wait(0.002)
+                continue
+            if not chunk:
+                break
+            received += len(chunk)
+            if received >= size:
+                break
+        self.assertTrue(upstream.finished)
+        self.assertGreaterEqual(received, size)
 
 
 __all__ = ["reactor"]

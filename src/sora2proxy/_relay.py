@@ -40,6 +40,8 @@ class BodyRelay(Protocol):
         self._on_data = on_data
         self._client_gone = False
         self._producing: IPushProducer | None = None
+        self._registered = False
+        self._chunks = 0
 
     def connectionMade(self) -> None:
         if self._client_gone:
@@ -48,13 +50,19 @@ class BodyRelay(Protocol):
         producer = self.transport
         assert producer is not None
         self._producing = producer  # type: ignore[assignment]
-        self._request.registerProducer(producer, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._on_data is not None:
             self._on_data(data)
-        if not self._client_gone:
-            self._request.write(data)
+        if self._client_gone:
+            return
+        if self._chunks and not self._registered and self._producing is not None:
+            # From the second piece on, a slow client pauses the upstream read;
+            # a body that arrives in one piece (most answers) never needs to.
+            self._registered = True
+            self._request.registerProducer(self._producing, True)
+        self._chunks += 1
+        self._request.write(data)
 
     def client_gone(self) -> None:
         """
@@ -71,11 +79,11 @@ class BodyRelay(Protocol):
             self._producing.stopProducing()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        producing, self._producing = self._producing, None
+        self._producing = None
         if self._client_gone:
             self._done(reason)
             return
-        if producing is not None:
+        if self._registered:
             self._request.unregisterProducer()
         if isinstance(reason.value, ResponseDone | PotentialDataLoss):
             self._request.finish()
