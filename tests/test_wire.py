@@ -16,7 +16,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -213,6 +218,13 @@ class WireTests(SynchronousTestCase):
         self.connection.connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(result, ResponseNeverReceived)
         self.assertEqual(self.lost, [self.connection])
+
+    def test_send_on_a_lost_connection_is_not_sent(self) -> None:
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(self.send(), RequestNotSent)
+        classified = classify(failure)
+        assert classified is not None
+        self.assertFalse(classified.reached_upstream)
 
     def test_lost_during_head(self) -> None:
         result = self.send()

@@ -17,12 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
+    RequestNotSent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
@@ -132,6 +133,8 @@ class UpstreamConnection(Protocol):
         then C{body}.
         """
         assert self.transport is not None and self._result is None
+        if not self.connected:
+            return fail(RequestNotSent())
         result: Deferred[IResponse] = Deferred(self._cancel)
         self._result = result
         self._head_request = method == b"HEAD"
