@@ -70,6 +70,19 @@ class DemoAPITests(SynchronousTestCase):
         self.assertEqual(events[0].split("\n")[0], "event: progress")
         self.assertEqual(json.loads(events[-1].split("data: ")[1])["status"], "completed")
 
+    def test_memory_stays_bounded(self) -> None:
+        """The demo keeps its newest MAX_VIDEOS jobs and the start of each prompt, whatever it is sent."""
+        from sora2proxy.demo._app import MAX_PROMPT, MAX_VIDEOS
+
+        huge = json.dumps({"prompt": "x" * (1024 * 1024)}).encode()
+        for _ in range(MAX_VIDEOS + 5):
+            code, body, _ = self.call("POST", "/api/videos", data=huge)
+            self.assertEqual(code, 201)
+        self.assertEqual(len(json.loads(body)["prompt"]), MAX_PROMPT)
+        self.assertEqual(len(self.backend.videos), MAX_VIDEOS)
+        self.assertEqual(self.call("GET", "/api/videos/video_1")[0], 404)  # the oldest are forgotten
+        self.assertEqual(self.call("GET", f"/api/videos/video_{MAX_VIDEOS + 5}")[0], 200)
+
     def test_bad_input_and_missing(self) -> None:
         """A POST without a prompt gets 400; an unknown id 404; the health check answers."""
         self.assertEqual(self.call("POST", "/api/videos", data=b"nope")[0], 400)

@@ -38,6 +38,12 @@ class Faults:
     latency: float = 0.0
 
 
+#: Jobs the demo remembers (the oldest are forgotten) and prompt characters kept:
+#: memory stays bounded however many requests, or however large, it is sent.
+MAX_VIDEOS = 1000
+MAX_PROMPT = 1000
+
+
 @define
 class Video:
     """
@@ -116,8 +122,10 @@ class DemoBackend:
             prompt = str(body["prompt"])
         except (ValueError, KeyError, TypeError):
             return self._json(request, {"error": 'send JSON like {"prompt": "a cat on a skateboard"}'}, 400)
-        video = Video(f"video_{next(self._ids)}", prompt, self._clock.seconds())
+        video = Video(f"video_{next(self._ids)}", prompt[:MAX_PROMPT], self._clock.seconds())
         self.videos[video.id] = video
+        while len(self.videos) > MAX_VIDEOS:
+            del self.videos[next(iter(self.videos))]
         return self._json(request, video.as_json(self._clock.seconds()), 201)
 
     def list(self, request: Request) -> Any:
