@@ -6,9 +6,9 @@ table and never fails the build.
 Contenders: direct to the upstream (nginx), nginx as a reverse proxy with
 upstream keep-alive, Twisted's ``ReverseProxyResource``, and sora2proxy with
 its full feature set (health monitor, retries, request ids, metrics, admin,
-idempotency store, an access log written to a file).  Scenarios: small GET at 1 connection (latency), small GET
-at 64 connections (requests/s), a 256 MiB download (MB/s), 1 MiB POSTs
-(requests/s).  Each figure is the median of ROUNDS runs, contenders
+idempotency store, an access log written to a file).  Scenarios: small GET
+at 1 connection (latency), small GET at 64 connections (requests/s), a 256 MiB
+download (MB/s), 1 MiB POSTs of a video job to the demo backend (requests/s).  Each figure is the median of ROUNDS runs, contenders
 interleaved round by round; the proxy under test runs on CPU 0, wrk and the
 upstream on CPU 1.
 """
@@ -70,15 +70,15 @@ http {{
     access_log off;
     sendfile on;
     keepalive_requests 1000000;
-    upstream sink {{ server 127.0.0.1:{sink}; keepalive 64; }}
+    upstream demo {{ server 127.0.0.1:{demo}; keepalive 64; }}
     upstream origin {{ server 127.0.0.1:{direct}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{direct};
         root {dir}/www;
         location /api/health {{ return 200 '{{"status":"ok"}}'; }}
         location /api/ {{ alias {dir}/www/; }}
-        location /sink/ {{ proxy_pass http://sink/; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
-        location = /api/upload {{ proxy_pass http://sink/upload; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
+        location /demo/ {{ proxy_pass http://demo/; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
+        location = /api/upload {{ proxy_pass http://demo/api/videos; proxy_http_version 1.1; proxy_set_header Connection ""; client_max_body_size 8m; }}
     }}
     server {{
         listen 127.0.0.1:{proxied};
@@ -169,10 +169,11 @@ def main() -> None:
     with (tmp / "www" / "big.bin").open("wb") as f:
         f.truncate(args.big_mib * 1024 * 1024)
     post_script = tmp / "post.lua"
-    post_script.write_text(
-        'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+    post_script.write_text(  # a video job whose prompt makes the body 1 MiB
+        'wrk.method = "POST"\nwrk.body = \'{"prompt": "\' .. string.rep("x", 1048576 - 14) .. \'"}\'\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    ports = {name: free_port() for name in ("direct", "proxied", "sink", "rpr", "s2p", "admin", "next")}
+    ports = {name: free_port() for name in ("direct", "proxied", "demo", "rpr", "s2p", "admin", "next")}
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, **ports))
     children: list[subprocess.Popen[bytes]] = []
 
@@ -183,10 +184,10 @@ def main() -> None:
         return child
 
     try:
-        spawn(1, [sys.executable, str(HERE / "upstreams.py"), "sink", str(ports["sink"])])
+        spawn(1, [sys.executable, "-m", "sora2proxy.demo", "--port", str(ports["demo"])])
         spawn(1, ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
         wait_port(ports["direct"])
-        wait_port(ports["sink"])
+        wait_port(ports["demo"])
         spawn(0, [sys.executable, str(HERE / "upstreams.py"), "rpr", str(ports["rpr"]), str(ports["direct"])])
         s2p = spawn(0, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
                         f"tcp:{ports['s2p']}:interface=127.0.0.1", "--admin-listen",
@@ -217,7 +218,7 @@ def main() -> None:
             "latency": ("/api/small.json", 1, None),
             "rps64": ("/api/small.json", 64, None),
             "download": ("/api/big.bin", 1, None),
-            "post1m": ("/sink/upload", 16, str(post_script)),
+            "post1m": ("/demo/api/videos", 16, str(post_script)),
         }
         time.sleep(1)
         for base in contenders.values():  # warm up
@@ -236,9 +237,7 @@ def main() -> None:
                             else path.replace("/api/", "/api/proxy/")
                         )
                     elif scenario == "post1m" and contender == "direct":
-                        target = f"http://127.0.0.1:{ports['sink']}/upload"
-                    elif scenario == "post1m" and contender == "nginx":
-                        target = base + "/sink/upload"
+                        target = f"http://127.0.0.1:{ports['demo']}/api/videos"
                     else:
                         target = base + path
                     seconds = args.seconds * (2 if scenario == "download" else 1)
