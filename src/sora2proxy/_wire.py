@@ -86,7 +86,6 @@ class UpstreamConnection(Protocol):
         self._reusable = False
         self._body: IBodyProducer | None = None
         self._encoder: ChunkedEncoder | None = None
-        self._sending = False
 
     # Protocol
     def connectionMade(self) -> None:
@@ -95,7 +94,7 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         self.connected = False
         self._reusable = False
-        sending = self._sending
+        sending = self._body is not None
         self._stop_body()
         result, self._result = self._result, None
         if result is not None:
@@ -154,7 +153,6 @@ class UpstreamConnection(Protocol):
         if body.length is UNKNOWN_LENGTH:
             consumer = self._encoder = ChunkedEncoder(transport)  # type: ignore[arg-type]
         self._body = body
-        self._sending = True
         transport.registerProducer(body, True)  # type: ignore[attr-defined]
         try:
             written = body.startProducing(consumer)
@@ -167,19 +165,15 @@ class UpstreamConnection(Protocol):
         if self._body is None:
             return
         self._body = None
-        self._sending = False
         if self.transport is not None:
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             if self._encoder is not None:
                 self._encoder.finish()
-        if self._result is None and self._response is None and self._reusable:
-            self._idle()
 
     def _body_failed(self, failure: Failure) -> None:
         if self._body is None:
             return
         self._body = None
-        self._sending = False
         self._reusable = False
         result, self._result = self._result, None
         if self.transport is not None:
@@ -190,7 +184,6 @@ class UpstreamConnection(Protocol):
 
     def _stop_body(self) -> None:
         body, self._body = self._body, None
-        self._sending = False
         if body is not None:
             if self.transport is not None:
                 self.transport.unregisterProducer()  # type: ignore[attr-defined]
