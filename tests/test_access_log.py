@@ -18,7 +18,7 @@ from sora2proxy import ProxyConfig
 from sora2proxy._access_log import FLUSH_EVERY, FLUSH_LINES, FileSink, LoggerSink, NoSink, access_sink
 from sora2proxy._config import ConfigError
 
-from .test_cli import BIN, Child, get, start_backend
+from .test_cli import get, start_backend, start_proxy_process
 
 FIELDS = {"method": "GET", "path": "/api/proxy/a", "status": 200, "request_id": "r1"}
 
@@ -90,13 +90,11 @@ class AccessFileProcessTests(SynchronousTestCase):
         backend_port = start_backend(self)
         path = Path(self.mktemp()).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        proxy = Child(
+        _, port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
-             "--access-log", str(path), "--log-format", "json"],
+            "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+            "--access-log", str(path), "--log-format", "json",
         )  # fmt: skip
-        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         ids = [get(f"http://127.0.0.1:{port}/api/proxy/jobs?n={n}")[1]["X-Request-Id"] for n in range(3)]
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and len(_lines(path)) < 3:

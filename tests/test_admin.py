@@ -26,7 +26,7 @@ from sora2proxy._admin import Admin
 from sora2proxy._site import ProxySite, QuietSite
 
 from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, wait
-from .test_cli import BIN, Child, get, start_backend
+from .test_cli import BIN, Child, get, start_backend, start_proxy_process
 
 
 class AdminTests(LoopbackMixin, TestCase):
@@ -185,13 +185,10 @@ class ProcessTests(SynchronousTestCase):
     def test_json_logs(self) -> None:
         """--log-format json writes one JSON object a line, with the access event's fields."""
         backend_port = start_backend(self)
-        proxy = Child(
+        proxy, port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
-             "--log-format", "json"],
+            "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api", "--log-format", "json",
         )  # fmt: skip
-        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         time.sleep(0.3)
         status, headers, _ = get(f"http://127.0.0.1:{port}/api/proxy/jobs?x=1")
         self.assertEqual(status, 200)

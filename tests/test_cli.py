@@ -133,13 +133,10 @@ class NewUserTests(SynchronousTestCase):
     def test_no_backend_then_backend(self) -> None:
         """No backend: 503 JSON with the suggestion; a backend started later is used within an interval."""
         backend_port = refused_port()
-        proxy = Child(
+        _, port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen",
-             "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}/api",
-             "--health-interval", "0.5", "--admin-listen", "none"],
+            "--upstream", f"http://127.0.0.1:{backend_port}/api", "--health-interval", "0.5", "--admin-listen", "none",
         )  # fmt: skip
-        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         url = f"http://127.0.0.1:{port}/api/proxy/users"
         time.sleep(0.2)
         status, headers, body = get(url)

@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from .helpers import LoopbackMixin, refused_port
-from .test_cli import BIN, Child
+from .test_cli import BIN, Child, start_proxy_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,13 +93,11 @@ class RequestsThroughProxyTests(SynchronousTestCase):
              "--listen", "tcp:0:interface=127.0.0.1"],
         )  # fmt: skip
         backend_port = httpbin_app.wait_for(r"Site starting on (\d+)").group(1)
-        proxy = Child(
+        _, proxy_port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--prefix", "/",
-             "--listen", "tcp:0:interface=127.0.0.1", "--upstream", f"http://127.0.0.1:{backend_port}",
-             "--health-path", "/status/200", "--admin-listen", "none"],
+            "--prefix", "/", "--upstream", f"http://127.0.0.1:{backend_port}",
+            "--health-path", "/status/200", "--admin-listen", "none",
         )  # fmt: skip
-        proxy_port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
         self.direct = f"http://127.0.0.1:{backend_port}"
         self.proxied = f"http://127.0.0.1:{proxy_port}"
 

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .helpers import LoopbackMixin, json_of, reactor, refused_port
-from .test_cli import BIN, Child, get, start_backend
+from .test_cli import Child, get, start_backend, start_proxy_process
 
 
 class SlowJobs(Resource):
@@ -103,13 +103,11 @@ def post(url: str, key: str, body: bytes = b'{"prompt":"cat"}') -> tuple[int, di
 
 class RedisTests(SynchronousTestCase):
     def proxy(self, backend_port: int, redis_port: int, *extra: str) -> str:
-        child = Child(
+        _, port = start_proxy_process(
             self,
-            [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
-             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
-             "--idempotency-store", f"redis://127.0.0.1:{redis_port}/0", *extra],
+            "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api",
+            "--idempotency-store", f"redis://127.0.0.1:{redis_port}/0", *extra,
         )  # fmt: skip
-        port = child.wait_for(r"ProxySite starting on (\d+)").group(1)
         return f"http://127.0.0.1:{port}"
 
     def count(self, backend_port: int) -> int:
