@@ -26,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .helpers import refused_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DOCUMENTED = {
@@ -36,14 +38,6 @@ DOCUMENTED = {
     "CIRCUIT_OPEN",
     "OVERLOADED",
 }
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def rss_mib(pid: int) -> float:
@@ -112,7 +106,7 @@ def run_soak(seconds: float, clients: int = 4, chaos_every: float = 1.5) -> dict
     workdir = tempfile.mkdtemp(prefix="soak-")
     post_log = os.path.join(workdir, "posts.log")
     env = dict(os.environ, SORA2PROXY_POST_LOG=post_log)
-    upstream_port = free_port()
+    upstream_port = refused_port()  # free now; the upstream binds it, and rebinds it after each kill
     upstream_argv = [sys.executable, "-m", "tests.upstream_main", str(upstream_port)]
     upstream, _ = start(upstream_argv, r"listening on (\d+)", env)
     proxy, port_text = start(
