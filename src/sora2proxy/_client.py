@@ -12,6 +12,7 @@ unless the headers carry one.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 from attrs import frozen
@@ -92,9 +93,7 @@ class UpstreamClient:
         self._idle_timeout = idle_timeout
         self._origins: dict[bytes, Origin] = {}
         self._idle: dict[bytes, list[UpstreamConnection]] = {}
-        self._open: set[UpstreamConnection] = set()
         self._closing: dict[UpstreamConnection, Deferred[None]] = {}
-        self._keys: dict[UpstreamConnection, bytes] = {}
         self._sweep: IDelayedCall | None = None
 
     def request(
@@ -159,10 +158,7 @@ class UpstreamClient:
         return b"".join(lines)
 
     def _new_connection(self, key: bytes) -> UpstreamConnection:
-        connection = UpstreamConnection(self._released, self._lost)
-        self._keys[connection] = key
-        self._open.add(connection)
-        return connection
+        return UpstreamConnection(partial(self._released, key), partial(self._lost, key))
 
     def _reuse(self, key: bytes) -> UpstreamConnection | None:
         idle = self._idle.get(key)
@@ -176,9 +172,8 @@ class UpstreamClient:
             self._close(connection)
         return None
 
-    def _released(self, connection: UpstreamConnection) -> None:
-        key = self._keys.get(connection)
-        if key is None or connection in self._closing:
+    def _released(self, key: bytes, connection: UpstreamConnection) -> None:
+        if connection in self._closing:
             return
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self._max_idle:
@@ -199,13 +194,10 @@ class UpstreamClient:
         if any(self._idle.values()):
             self._sweep = self._clock.callLater(self._idle_timeout, self._swept)
 
-    def _lost(self, connection: UpstreamConnection) -> None:
-        key = self._keys.pop(connection, None)
-        self._open.discard(connection)
-        if key is not None:
-            idle = self._idle.get(key, [])
-            if connection in idle:
-                idle.remove(connection)
+    def _lost(self, key: bytes, connection: UpstreamConnection) -> None:
+        idle = self._idle.get(key, [])
+        if connection in idle:
+            idle.remove(connection)
         closing = self._closing.pop(connection, None)
         if closing is not None:
             closing.callback(None)
