@@ -25,8 +25,10 @@ from ._headers import (
     REQUEST_ID,
     SET_BY_CLIENT,
     VIA,
+    Fields,
     connection_named,
     forwarded_element,
+    headers_of,
 )
 
 #: Bodies up to this size are written to the upstream in one go.
@@ -167,7 +169,7 @@ def forwarded_headers(
     """
     source = request.requestHeaders
     named = connection_named(source)
-    fields: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    fields: Fields = {}
     for name, values in source.getAllRawHeaders():
         lower = name.lower()
         if lower not in HOP_BY_HOP and lower not in _NOT_COPIED and not (named and lower in named):
@@ -190,7 +192,4 @@ def forwarded_headers(
             fields[b"host"] = (b"Host", [host])
     append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
     append(b"via", b"Via", VIA)
-    headers = Headers()
-    for name, values in fields.values():
-        headers.setRawHeaders(name, values)
-    return headers
+    return headers_of(fields)

@@ -57,6 +57,20 @@ def request_id_from(headers: Headers) -> str:
     return new_request_id()
 
 
+#: Header fields by lowercase name: the name as sent and the values in order.
+Fields = dict[bytes, tuple[bytes, list[bytes]]]
+
+
+def headers_of(fields: Fields) -> Headers:
+    """
+    @return: C{fields} as L{Headers}.
+    """
+    headers = Headers()
+    for name, values in fields.values():
+        headers.setRawHeaders(name, values)
+    return headers
+
+
 def connection_named(headers: Headers) -> frozenset[bytes]:
     """
     @return: the header names that the C{Connection} header lists, lowercased.

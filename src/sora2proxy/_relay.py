@@ -16,9 +16,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._headers import HOP_BY_HOP, REQUEST_ID, append_via, connection_named, listed_names
+from ._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
 from ._idempotency_store import StoredResponse
-from ._upstream_response import Fields
 
 
 class BodyRelay(Protocol):

@@ -15,18 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-#: Header fields by lowercase name: the name as sent and the values in order.
-Fields = dict[bytes, tuple[bytes, list[bytes]]]
-
-
-def headers_of(fields: Fields) -> Headers:
-    """
-    @return: C{fields} as L{Headers}.
-    """
-    headers = Headers()
-    for name, values in fields.values():
-        headers.setRawHeaders(name, values)
-    return headers
+from ._headers import Fields, headers_of
 
 
 class ReadControl(Interface):

@@ -34,7 +34,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 
 from ._chunked import ChunkedDecoder, ChunkedEncoder, WireError
 from ._eager import send_now
-from ._upstream_response import Fields, UpstreamResponse
+from ._headers import Fields
+from ._upstream_response import UpstreamResponse
 
 #: The most bytes of status line and headers that one response may have.
 MAX_HEAD = 64 * 1024
