@@ -18,6 +18,7 @@ from sora2proxy import ProxyConfig
 from sora2proxy._access_log import FLUSH_EVERY, FLUSH_LINES, FileSink, LoggerSink, NoSink, access_sink
 from sora2proxy._config import ConfigError
 
+from .helpers import MemoryHarness, RecordingUpstream
 from .test_cli import get, start_backend, start_proxy_process
 
 FIELDS = {"method": "GET", "path": "/api/proxy/a", "status": 200, "request_id": "r1"}
@@ -59,17 +60,28 @@ class FileSinkTests(SynchronousTestCase):
 
     def test_stop_flushes_and_closes_its_file(self) -> None:
         path = Path(self.mktemp())
-        sink = access_sink(str(path), Clock(), False)
+        sink = access_sink(ProxyConfig(access_log=str(path)), Clock())
         assert isinstance(sink, FileSink)
         sink.startService()
         sink.record("GET / 200", FIELDS)
         sink.stopService()
         self.assertTrue(path.read_text().endswith("GET / 200\n"))
 
+    def test_resource_follows_the_config(self) -> None:
+        """A ProxyResource built without build_proxy still writes where --access-log says."""
+        path = Path(self.mktemp()).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        harness = MemoryHarness(RecordingUpstream(), access_log=str(path))
+        response = self.successResultOf(harness.client.get("http://proxy.test/api/proxy/jobs"))
+        harness.flush()
+        self.assertEqual(response.code, 200)
+        harness.advance(FLUSH_EVERY)
+        self.assertIn("GET /api/proxy/jobs 200 tries=1", path.read_text())
+
     def test_choices(self) -> None:
-        self.assertIsInstance(access_sink("log", Clock(), False), LoggerSink)
-        self.assertIsInstance(access_sink("off", Clock(), False), NoSink)
-        self.assertIsInstance(access_sink("-", Clock(), False), FileSink)
+        self.assertIsInstance(access_sink(ProxyConfig(access_log="log"), Clock()), LoggerSink)
+        self.assertIsInstance(access_sink(ProxyConfig(access_log="off"), Clock()), NoSink)
+        self.assertIsInstance(access_sink(ProxyConfig(access_log="-"), Clock()), FileSink)
 
     def test_logger_sink_emits_an_event(self) -> None:
         events: list[dict[str, object]] = []

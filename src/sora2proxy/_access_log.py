@@ -21,6 +21,8 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ._config import ProxyConfig
+
 #: Seconds between writes of the buffered lines.
 FLUSH_EVERY = 0.05
 #: Lines buffered before a write regardless of the timer.
@@ -112,11 +114,12 @@ class FileSink(Service):
             self._out.close()
 
 
-def access_sink(where: str, clock: IReactorTime, json_lines: bool) -> AccessSink:
+def access_sink(config: ProxyConfig, clock: IReactorTime) -> AccessSink:
     """
     The sink of C{--access-log}: C{log}, C{off}, C{-} (standard output) or a
-    file path (opened for appending).
+    file path (opened for appending); JSON lines with C{--log-format json}.
     """
+    where, json_lines = config.access_log, config.log_format == "json"
     if where == "log":
         return LoggerSink()
     if where == "off":

@@ -138,7 +138,7 @@ def build_proxy(
     balancer = balancer_for(config, clock, healths)
     budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
-    access = access_sink(config.access_log, clock, config.log_format == "json")
+    access = access_sink(config, clock)
     if isinstance(access, FileSink):
         access.setServiceParent(service)  # type: ignore[no-untyped-call]
     resource = ProxyResource(

@@ -87,7 +87,7 @@ class ProxyResource:
             WebSocket upgrade is answered 501.
         @param telemetry: metrics and status board; by default a new one.
         @param guard: Idempotency-Key handling; L{None} passes keys through.
-        @param access: where access lines go; by default twisted.logger events.
+        @param access: where access lines go; by default as C{config.access_log} says.
         """
         self._endpoints = endpoints
         self.telemetry = telemetry if telemetry is not None else Telemetry(clock)

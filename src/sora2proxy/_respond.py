@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from ._access_log import AccessSink, LoggerSink
+from ._access_log import AccessSink, access_sink
 from ._config import ProxyConfig
 from ._errors import INTERNAL, ErrorKind, ProxyError, write_error
 from ._metrics import Telemetry
@@ -51,7 +51,7 @@ class Responder:
         self._config = config
         self._clock = clock
         self.telemetry = telemetry
-        self._access = access if access is not None else LoggerSink()
+        self._access = access if access is not None else access_sink(config, clock)
 
     def error(
         self,
