@@ -120,7 +120,7 @@ class UpstreamConnection(Protocol):
                 self._body_data(data)
             elif self._result is not None:
                 self._head_data(data)
-            elif self.transport is not None:  # unasked-for bytes: the connection is unusable
+            else:  # unasked-for bytes: the connection is unusable
                 self._reusable = False
                 self.close()
         except WireError as error:
@@ -204,13 +204,11 @@ class UpstreamConnection(Protocol):
             skip = 4
             if end < 0:
                 end, skip = buffer.find(b"\n\n"), 2
+            if end > MAX_HEAD or (end < 0 and len(buffer) > MAX_HEAD):
+                raise WireError("the response's headers are too large")
             if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise WireError("the response's headers are too large")
                 self._buffer = buffer
                 return
-            if end > MAX_HEAD:
-                raise WireError("the response's headers are too large")
             head, buffer = buffer[:end], buffer[end + skip :]
             self._buffer = b""
             response = self._parse_head(head)
@@ -328,7 +326,7 @@ class UpstreamConnection(Protocol):
         # request as soon as it ends, and should find this connection.
         if self._reusable and self.connected:
             self._idle()
-        elif self.transport is not None:
+        else:
             self.close()
         if response is not None:
             response.body_ended(Failure(ResponseDone()))
@@ -346,13 +344,7 @@ class UpstreamConnection(Protocol):
         response, self._response = self._response, None
         if response is not None:
             response.body_ended(Failure(ResponseFailed([failure])))
-        if self.transport is not None:
-            self.close()
-
-    # Flow control (from the response body's transport)
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.close()
 
     def close(self) -> None:
         """
@@ -361,6 +353,11 @@ class UpstreamConnection(Protocol):
         self._closing = True
         if self.transport is not None:
             self.transport.loseConnection()
+
+    # Flow control (from the response body's transport)
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resume_reading(self) -> None:
         if self.transport is not None and self.connected and not self._closing:
