@@ -112,7 +112,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual((response.code, response.phrase, response.length), (201, b"Created", 3))
         self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"1", b"2"])
         self.assertIsNone(response.headers.getRawHeaders(b"content-length"))
-        self.assertEqual(response.connection_headers.getRawHeaders(b"content-length"), [b"3"])
+        self.assertEqual(response.connection_fields[b"content-length"], (b"Content-Length", [b"3"]))
         self.assertEqual(body.data, b"abc")
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseDone))

@@ -62,7 +62,6 @@ class UpstreamResponse:
         self.connection_fields = connection_fields
         self._headers: Headers | None = None
         self.length = length
-        self._connection = connection
         self._protocol: Protocol | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
@@ -73,10 +72,6 @@ class UpstreamResponse:
         if self._headers is None:
             self._headers = headers_of(self.fields)
         return self._headers
-
-    @property
-    def connection_headers(self) -> Headers:
-        return headers_of(self.connection_fields)
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
@@ -120,8 +115,8 @@ class BodyTransport:
     producer left registered cannot touch the next request on the connection.
     """
 
-    def __init__(self, connection: ReadControl | None) -> None:
-        self._connection = connection
+    def __init__(self, connection: ReadControl) -> None:
+        self._connection: ReadControl | None = connection
         self._paused = False
 
     def detach(self) -> None:
