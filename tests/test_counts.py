@@ -48,11 +48,8 @@ class CountedMetricsTests(SynchronousTestCase):
             "demo_seconds", "Seconds.", ["method"], buckets=BOUNDS, registry=theirs
         )
         for method, seconds in events:
-            counts[(method,)] = counts.get((method,), 0) + 1
-            histogram = histograms.get((method,))
-            if histogram is None:
-                histogram = histograms[(method,)] = counted.new_histogram()
-            histogram.observe(seconds)
+            counts.inc((method,))
+            histograms.observe((method,), seconds)
             prom_counter.labels(method).inc()
             prom_histogram.labels(method).observe(seconds)
         mine, expected = samples(ours), samples(theirs)

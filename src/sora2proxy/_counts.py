@@ -48,43 +48,72 @@ class Histogram:
         return pairs
 
 
+class LabelledCounts:
+    """
+    A counter per combination of label values.
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, labels: tuple[str, ...]) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+
+class LabelledHistograms:
+    """
+    A histogram per combination of label values, all with the same buckets.
+    """
+
+    __slots__ = ("_bounds", "values")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = bounds
+        self.values: dict[tuple[str, ...], Histogram] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        histogram = self.values.get(labels)
+        if histogram is None:
+            histogram = self.values[labels] = Histogram(self._bounds)
+        histogram.observe(value)
+
+
 class CountedMetrics(Collector):
     """
-    Labelled counters and histograms kept as dicts keyed by label values.
+    Labelled counters and histograms, exposed under their names.
     """
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self._bounds = tuple(bounds)
-        self._counters: dict[str, tuple[str, list[str], dict[tuple[str, ...], int]]] = {}
-        self._histograms: dict[str, tuple[str, list[str], dict[tuple[str, ...], Histogram]]] = {}
+        self._counters: dict[str, tuple[str, list[str], LabelledCounts]] = {}
+        self._histograms: dict[str, tuple[str, list[str], LabelledHistograms]] = {}
 
-    def counter(self, name: str, help_text: str, labels: list[str]) -> dict[tuple[str, ...], int]:
+    def counter(self, name: str, help_text: str, labels: list[str]) -> LabelledCounts:
         """
-        @return: the counts by label values, to add to.
+        @return: a new counter, exposed as C{name}.
         """
-        counts: dict[tuple[str, ...], int] = {}
+        counts = LabelledCounts()
         self._counters[name] = (help_text, labels, counts)
         return counts
 
-    def histogram(self, name: str, help_text: str, labels: list[str]) -> dict[tuple[str, ...], Histogram]:
+    def histogram(self, name: str, help_text: str, labels: list[str]) -> LabelledHistograms:
         """
-        @return: the histograms by label values (L{histogram_for} adds one).
+        @return: a new histogram with this collector's buckets, exposed as C{name}.
         """
-        histograms: dict[tuple[str, ...], Histogram] = {}
+        histograms = LabelledHistograms(self._bounds)
         self._histograms[name] = (help_text, labels, histograms)
         return histograms
-
-    def new_histogram(self) -> Histogram:
-        return Histogram(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         for name, (help_text, labels, counts) in self._counters.items():
             counter = CounterMetricFamily(name, help_text, labels=labels)
-            for values, count in list(counts.items()):
+            for values, count in list(counts.values.items()):
                 counter.add_metric(list(values), count)
             yield counter
         for name, (help_text, labels, histograms) in self._histograms.items():
             family = HistogramMetricFamily(name, help_text, labels=labels)
-            for values, histogram in list(histograms.items()):
+            for values, histogram in list(histograms.values.items()):
                 family.add_metric(list(values), histogram.cumulative(), histogram.sum)
             yield family

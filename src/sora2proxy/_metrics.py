@@ -49,7 +49,6 @@ class Telemetry:
         # The per-request metrics are plain counts read at scrape time (_counts).
         counted = CountedMetrics(_LATENCY_BUCKETS)
         registry.register(counted)
-        self._new_histogram = counted.new_histogram
         self._requests = counted.counter(
             "sora2proxy_requests", "Requests answered, by method and status.", ["method", "status"]
         )
@@ -119,12 +118,8 @@ class Telemetry:
         """
         self.in_flight -= 1
         label = _method_label(method)
-        key = (label, str(status))
-        self._requests[key] = self._requests.get(key, 0) + 1
-        histogram = self._request_seconds.get((label,))
-        if histogram is None:
-            histogram = self._request_seconds[(label,)] = self._new_histogram()
-        histogram.observe(seconds)
+        self._requests.inc((label, str(status)))
+        self._request_seconds.observe((label,), seconds)
         if error_type:
             self._errors.labels(error_type).inc()
         self.board.request_finished(method, path, status, error_type, request_id, upstream)
@@ -133,12 +128,8 @@ class Telemetry:
         """
         A try ended: C{outcome} is C{ok}, C{5xx} or the failure's errorType.
         """
-        key = (upstream, outcome)
-        self._tries[key] = self._tries.get(key, 0) + 1
-        histogram = self._upstream_seconds.get((upstream,))
-        if histogram is None:
-            histogram = self._upstream_seconds[(upstream,)] = self._new_histogram()
-        histogram.observe(seconds)
+        self._tries.inc((upstream, outcome))
+        self._upstream_seconds.observe((upstream,), seconds)
 
     def retried(self, upstream: str) -> None:
         """
