@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from sora2proxy._eager import send_now
 
-from .helpers import reactor
+from .helpers import reactor, wait
 
 
 class EagerTests(TestCase):
@@ -52,7 +52,7 @@ class EagerTests(TestCase):
             peer.recv(100)  # both wait for the reactor, in order
         received = b""
         for _ in range(50):
-            yield _turn()
+            yield wait(0.001)
             try:
                 received += peer.recv(100)
             except BlockingIOError:
@@ -72,7 +72,7 @@ class EagerTests(TestCase):
             try:
                 received += peer.recv(1 << 20)
             except BlockingIOError:
-                yield _turn()
+                yield wait(0.001)
             if len(received) == len(big):
                 break
         self.assertEqual(bytes(received), big)
@@ -81,9 +81,3 @@ class EagerTests(TestCase):
         transport = StringTransport()
         send_now(transport, b"abc")
         self.assertEqual(transport.value(), b"abc")
-
-
-def _turn() -> Any:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0.001, lambda: None)
