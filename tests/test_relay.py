@@ -102,15 +102,24 @@ class Collect(Protocol):
 
 class RelayTests(LoopbackMixin, TestCase):
     @inlineCallbacks
+    def streamed(self, upstream: StreamingUpstream, path: str) -> Any:
+        """
+        @return: the response to C{GET path} through a proxy to C{upstream}, and
+            a L{Collect} receiving its body.
+        """
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        response = yield self.client().request(b"GET", (proxy + path).encode())
+        collect = Collect()
+        response.deliverBody(collect)
+        return response, collect
+
+    @inlineCallbacks
     def test_first_event_before_upstream_finishes(self) -> Any:
         """A streamed response's first event reaches the client while the upstream is still sending."""
         upstream = StreamingUpstream()
-        _, url = self.start_upstream(upstream)
-        proxy, _ = self.start_proxy(upstream=url, health_path="")
-        response = yield self.client().request(b"GET", (proxy + "/api/proxy/events").encode())
+        response, collect = yield self.streamed(upstream, "/api/proxy/events")
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"])
-        collect = Collect()
-        response.deliverBody(collect)
         first = yield collect.first
         self.assertEqual(first, b"data: first\n\n")
         self.assertFalse(upstream.requests[0].finished)
@@ -125,11 +134,7 @@ class RelayTests(LoopbackMixin, TestCase):
         """An upstream that dies mid-body gives the client a cut transfer, never a complete-looking one."""
         for length in (1000, None):
             upstream = StreamingUpstream(length)
-            _, url = self.start_upstream(upstream)
-            proxy, _ = self.start_proxy(upstream=url, health_path="")
-            response = yield self.client().request(b"GET", (proxy + "/api/proxy/video").encode())
-            collect = Collect()
-            response.deliverBody(collect)
+            _, collect = yield self.streamed(upstream, "/api/proxy/video")
             yield collect.first
             upstream.requests[0].transport.abortConnection()
             [reason] = yield collect.done
@@ -140,11 +145,7 @@ class RelayTests(LoopbackMixin, TestCase):
     def test_client_gone_mid_body(self) -> Any:
         """A client that leaves mid-body makes the proxy close the upstream connection."""
         upstream = StreamingUpstream()
-        _, url = self.start_upstream(upstream)
-        proxy, _ = self.start_proxy(upstream=url, health_path="")
-        response = yield self.client().request(b"GET", (proxy + "/api/proxy/events").encode())
-        collect = Collect()
-        response.deliverBody(collect)
+        _, collect = yield self.streamed(upstream, "/api/proxy/events")
         yield collect.first
         assert collect.transport is not None
         collect.transport.stopProducing()  # the client closes its connection
