@@ -1,6 +1,6 @@
 """
 The safe-retry rules on a Clock: upstream 5xx and Retry-After, deadlines,
-jitter, the retry budget, several upstreams and outlier ejection.
+jitter, the retry budget and several upstreams (ejection: test_ejection).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from twisted.web.server import Request
 from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._budget import RetryBudget
 from sora2proxy._retry import RetryPolicy, parse_retry_after
-from sora2proxy._upstreams import Ejection
 
 from .test_resource import ScriptedAgent, scripted
 
@@ -315,80 +314,3 @@ class SeveralUpstreamsTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(h.request()).code, 200)
         self.assertEqual(a.methods.count(b"GET"), 1, "only its health check")
         h.proxy.service.stopService()
-
-
-class EjectionTests(SynchronousTestCase):
-    def test_circuit_opens_after_five_failures(self) -> None:
-        """After 5 consecutive refused tries the upstream is ejected: fast 503 CIRCUIT_OPEN."""
-        h, agent = scripted([ConnectionRefusedError()] * 5, attempts=1)
-        for _ in range(5):
-            d = h.client.get("http://proxy.test/api/proxy/a")
-            h.flush()
-            self.assertEqual(self.successResultOf(d).code, 503)
-        d = h.client.get("http://proxy.test/api/proxy/a")
-        h.flush()
-        response = self.successResultOf(d)
-        self.assertEqual(response.code, 503)
-        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["30"])
-        body = json.loads(self.successResultOf(treq.content(response)))
-        self.assertEqual(body["details"]["errorType"], "CIRCUIT_OPEN")
-        self.assertEqual(body["details"]["attempts"], 0)
-        self.assertEqual(len(agent.tries), 5)
-        h.advance(12)
-        d = h.client.get("http://proxy.test/api/proxy/a")
-        h.flush()
-        self.assertEqual(self.successResultOf(d).headers.getRawHeaders("retry-after"), ["18"])
-
-    def test_cooldown_doubles_and_probe(self) -> None:
-        """After the cool-down one probe goes through; its failure ejects again for twice as long."""
-        clock = Clock()
-        ejection = Ejection(clock, eject_after=2, eject_time=30)
-        ejection.failed()
-        ejection.failed()
-        self.assertTrue(ejection.ejected)
-        clock.advance(30)
-        self.assertFalse(ejection.ejected)
-        ejection.start_probe()
-        self.assertTrue(ejection.ejected, "one probe at a time")
-        ejection.failed()
-        self.assertEqual(ejection.cooldown_left(), 60)
-        clock.advance(60)
-        ejection.start_probe()
-        ejection.succeeded()
-        self.assertFalse(ejection.ejected)
-        self.assertIsNone(ejection.ejected_until)
-        for _ in range(10):
-            ejection.failed()
-            clock.advance(ejection.cooldown_left())
-            ejection.start_probe()
-        self.assertLessEqual(ejection.cooldown_left(), 300)
-
-    def test_request_under_way_keeps_tries(self) -> None:
-        """A request whose upstream is ejected during its tries still makes all of them."""
-        h, agent = scripted([ConnectionRefusedError()] * 6, eject_after=2)
-        d = h.client.get("http://proxy.test/api/proxy/a")
-        h.flush()
-        h.advance(1)
-        h.advance(2)
-        self.assertEqual(self.successResultOf(d).code, 503)
-        self.assertEqual(len(agent.tries), 3)
-
-    def test_5xx_counts_and_success_resets(self) -> None:
-        """5xx answers count toward ejection; a good answer resets the count."""
-        clock = Clock()
-        ejection = Ejection(clock, eject_after=3)
-        ejection.failed()
-        ejection.failed()
-        ejection.succeeded()
-        ejection.failed()
-        ejection.failed()
-        self.assertFalse(ejection.ejected)
-        ejection.failed()
-        self.assertTrue(ejection.ejected)
-
-    def test_disabled(self) -> None:
-        """--eject-after 0 never ejects."""
-        ejection = Ejection(Clock(), eject_after=0)
-        for _ in range(100):
-            ejection.failed()
-        self.assertFalse(ejection.ejected)

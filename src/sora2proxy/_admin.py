@@ -15,7 +15,7 @@ from twisted.web.server import Request
 
 from ._metrics import Telemetry
 from ._status import render_status
-from ._upstreams import Balancer
+from ._upstreams import NOT_READY, Balancer, serving_state, usable
 
 
 @define
@@ -56,12 +56,19 @@ class Admin:
 
     def ready(self, request: Request) -> bytes:
         """
-        200 while at least one upstream may take requests and the proxy is
-        not draining (a readiness probe); 503 otherwise.
+        200 while the proxy is C{serving} or C{degraded} (at least one
+        upstream may take requests, and not draining: a readiness probe);
+        503 when C{not ready}.  C{state} is the status page's word.
         """
-        available = [u.url for u in self.balancer.upstreams if u.available()]
-        ready = bool(available) and not self.telemetry.draining
-        body = {"ready": ready, "draining": self.telemetry.draining, "available": available}
+        upstreams = self.balancer.upstreams
+        state = serving_state(upstreams, self.telemetry.draining)
+        ready = state != NOT_READY
+        body = {
+            "ready": ready,
+            "state": state,
+            "draining": self.telemetry.draining,
+            "available": [u.url for u in usable(upstreams)] if ready else [],
+        }
         return self._json(request, body, 200 if ready else 503)
 
     def metrics(self, request: Request) -> bytes:
@@ -75,6 +82,7 @@ class Admin:
     def _snapshot(self) -> dict[str, Any]:
         telemetry = self.telemetry
         data = telemetry.board.snapshot(self.balancer.upstreams, telemetry.in_flight, telemetry.draining)
+        data["state"] = serving_state(self.balancer.upstreams, telemetry.draining)
         for name, section in telemetry.sections.items():
             data[name] = section()
         return data

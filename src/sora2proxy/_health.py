@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -52,6 +53,9 @@ class HealthState:
     @ivar checked_at: clock time of the last finished health check.
     @ivar passive: whether tries also update it (health checks on).
     @ivar history: (time, status) of recent checks and changes, oldest first.
+    @ivar on_pass: called after each passing health check (not after a
+        proxied try): what a health check proves, such as the end of an
+        ejection.
     """
 
     _clock: IReactorTime
@@ -62,6 +66,7 @@ class HealthState:
     checked_at: float | None = None
     passive: bool = True
     history: deque[tuple[float, str]] = field(factory=lambda: deque(maxlen=HISTORY))
+    on_pass: list[Callable[[], None]] = field(factory=list)
 
     @property
     def down(self) -> bool:
@@ -75,6 +80,14 @@ class HealthState:
         The upstream answered.
         """
         self._set(Health.UP, "")
+
+    def check_passed(self) -> None:
+        """
+        A health check passed: the upstream is up, and L{on_pass} hears it.
+        """
+        self.mark_up()
+        for listener in self.on_pass:
+            listener()
 
     def mark_down(self, reason: str) -> None:
         """
@@ -171,7 +184,7 @@ class HealthMonitor(Service):
 
         def judge(_: object) -> None:
             if 200 <= response.code < 300:
-                self.state.mark_up()
+                self.state.check_passed()
             else:
                 self.state.mark_down(f"health check answered HTTP {response.code}")
 

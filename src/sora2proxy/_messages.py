@@ -28,25 +28,27 @@ TLS_SUGGESTION = (
 
 def unavailable(balancer: Balancer, config: ProxyConfig) -> tuple[ErrorKind, str, float]:
     """
-    No upstream may be tried: all ejected (C{CIRCUIT_OPEN}) or failing their
-    health checks (C{HEALTH_CHECK_FAILED}).
+    No upstream may be tried: each one fails its health checks, and all
+    are ejected too (C{CIRCUIT_OPEN}) or not (C{HEALTH_CHECK_FAILED}).  A
+    passing health check ends both, so C{Retry-After} is at most one
+    health interval.
 
     @return: the kind, the message and the C{Retry-After} seconds.
     """
     upstreams = balancer.upstreams
-    ejected = [u for u in upstreams if u.ejection.ejected]
     names = ", ".join(u.url for u in upstreams)
-    if len(ejected) == len(upstreams):
-        left = min(u.ejection.cooldown_left() for u in ejected)
-        return (
-            CIRCUIT_OPEN,
-            f"The API backend at {names} failed {config.eject_after} times in a row and is ejected "
-            f"for {math.ceil(left)} s more; the request was not sent.",
-            left,
-        )
     reasons = "; ".join(
         f"{u.url}: {u.health.reason}" for u in upstreams if u.health is not None and u.health.down
     )
+    if all(u.ejection.ejected for u in upstreams):
+        left = min(u.ejection.cooldown_left() for u in upstreams)
+        return (
+            CIRCUIT_OPEN,
+            f"The API backend at {names} failed {config.eject_after} times in a row and is failing its "
+            f"health check ({reasons}); it is ejected until a health check passes (every "
+            f"{config.health_interval:g} s), for {math.ceil(left)} s at most; the request was not sent.",
+            min(left, config.health_interval),
+        )
     return (
         HEALTH_CHECK_FAILED,
         f"The API backend at {names} is failing its health check ({reasons}); the request was not sent.",

@@ -6,7 +6,7 @@ in-flight count, the draining flag, and the L{StatusBoard} of the status page.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from attrs import define, field
@@ -97,6 +97,13 @@ class Telemetry:
             "failClosed": guard.fail_closed,
         }
 
+    def watch_ejections(self, ejected: Callable[[], Iterable[tuple[str, bool]]]) -> None:
+        """
+        Export C{sora2proxy_upstream_ejected{upstream}} (1 while ejected, else
+        0), read at scrape time from C{ejected}: (upstream URL, ejected now).
+        """
+        self.registry.register(_EjectedCollector(ejected))
+
     def request_started(self) -> None:
         """
         A request arrived.
@@ -144,6 +151,23 @@ class Telemetry:
         """
         self._health.labels(upstream).set(_HEALTH_VALUES.get(status, -1.0))
         self._health_seconds.labels(upstream).observe(seconds)
+
+
+class _EjectedCollector(Collector):
+    """
+    Reads each upstream's ejection state at scrape time.
+    """
+
+    def __init__(self, ejected: Callable[[], Iterable[tuple[str, bool]]]) -> None:
+        self._ejected = ejected
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "sora2proxy_upstream_ejected", "1 while the upstream is ejected, else 0.", labels=["upstream"]
+        )
+        for upstream, ejected in self._ejected():
+            gauge.add_metric([upstream], 1.0 if ejected else 0.0)
+        yield gauge
 
 
 class _IdempotencyCollector(Collector):

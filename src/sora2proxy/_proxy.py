@@ -136,6 +136,7 @@ def build_proxy(
             monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
         healths.append(health)
     balancer = balancer_for(config, clock, healths)
+    telemetry.watch_ejections(lambda: [(u.url, u.ejection.ejected) for u in balancer.upstreams])
     budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
     access = access_sink(config, clock)

@@ -113,7 +113,7 @@ class StatusBoard:
         }
 
 
-_COLOURS = {"up": "#2e9d5b", "down": "#d2392f", "unknown": "#9aa0a6"}
+_COLOURS = {"up": "#2e9d5b", "down": "#d2392f", "unknown": "#9aa0a6", "ejected": "#e8930c"}
 
 
 def _when(seconds: float) -> str:
@@ -152,7 +152,7 @@ def render_status(data: dict[str, Any]) -> bytes:
         or '<tr><td colspan=5 class="none">no errors recently</td></tr>'
     )
     rates = data["rates"]
-    state = "draining (shutting down)" if data["draining"] else "serving"
+    state = data["state"] + (" (draining: shutting down)" if data["draining"] else "")
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=3>
 <title>sora2proxy status</title>
@@ -164,7 +164,7 @@ border-bottom:1px solid #eee;vertical-align:top}}
 .why{{color:#777;font-size:.85em}}.tick{{display:inline-block;width:4px;height:18px;margin-right:1px}}
 .none{{color:#777}}.rates span{{margin-right:2em}}
 </style></head><body>
-<h1>sora2proxy <small>{e(state)}</small></h1>
+<h1>sora2proxy <small id=state data-state="{e(data["state"])}">{e(state)}</small></h1>
 <p class=rates><span>requests/s: <b id=rps>{rates["requestsPerSecond"]}</b></span>
 <span>retries/s: <b id=retries>{rates["retriesPerSecond"]}</b></span>
 <span>error rate: <b id=errors>{rates["errorRate"] * 100:.1f}%</b></span>

@@ -1,50 +1,70 @@
 """
 Several upstreams: each with its health and its passive outlier detection
-(L{Ejection}), a L{Balancer} that picks one for each try, and the
-L{RequestRouter} that one request's retry loop sends its tries through.
+(L{Ejection}), a L{Balancer} that picks one for each try, the
+L{RequestRouter} that one request's retry loop sends its tries through, and
+L{serving_state}, the one word that C{/ready}, C{/status.json} and the status
+page agree on.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._classify import TryFailure
 from ._config import ProxyConfig, base_of
-from ._health import HealthState
+from ._health import HISTORY, HealthState
 from ._metrics import Telemetry
 
 #: The longest cool-down of a repeatedly ejected upstream.
 MAX_EJECT_TIME = 300.0
+
+#: Upstream answers that count toward ejection (Envoy's "gateway errors"):
+#: any other status, a 500 included, is the application's answer to one request.
+GATEWAY_FAILURES = frozenset({502, 503, 504})
+
+#: The words of L{serving_state}.
+SERVING, DEGRADED, NOT_READY = "serving", "degraded", "not ready"
 
 
 @define
 class Ejection:
     """
     Passive outlier detection for one upstream: after C{eject_after}
-    consecutive failed tries (connection failures, timeouts or 5xx answers) it
-    is ejected for a cool-down that doubles with each repeated ejection (up to
-    L{MAX_EJECT_TIME}); after the cool-down one probe at a time is let
-    through, and a successful probe (or health check) lets it back.
+    consecutive gateway failures (refused or reset connections, timeouts,
+    invalid responses, 502, 503 or 504 answers) it is ejected for a
+    cool-down that doubles with each repeated ejection (up to
+    L{MAX_EJECT_TIME}).  A passing health check ends an ejection at once;
+    without one, after the cool-down one probe at a time is let through and a
+    good answer lets the upstream back.
 
     @ivar eject_after: consecutive failures that eject; 0 disables ejection.
     @ivar eject_time: the first cool-down, in seconds.
+    @ivar upstream: the upstream's URL, for the log.
+    @ivar periods: C{[start, end]} of recent ejections, oldest first (the end
+        is when the cool-down ends, or when it ended early).
     """
+
+    log = Logger()
 
     _clock: IReactorTime
     eject_after: int = 5
     eject_time: float = 30.0
+    upstream: str = ""
     consecutive: int = 0
     ejections: int = 0
     ejected_at: float | None = None
     ejected_until: float | None = None
     probing: bool = False
+    periods: deque[list[float]] = field(factory=lambda: deque(maxlen=HISTORY))
 
     def cooldown_left(self) -> float:
         """
@@ -78,16 +98,24 @@ class Ejection:
 
     def succeeded(self) -> None:
         """
-        A try got a non-5xx answer (or a health check passed after the cool-down).
+        A try got an answer that is not a gateway failure.
         """
         self.consecutive = 0
         if self.in_probation():
-            self.ejected_until = None
-            self.probing = False
+            self._return("a probe was answered")
+
+    def health_check_passed(self) -> None:
+        """
+        An active health check passed: an ejection ends now (Envoy's
+        C{successful_active_health_check_uneject_host}).
+        """
+        if self.ejected_until is not None:
+            self._return("a health check passed")
+        self.consecutive = 0
 
     def failed(self) -> None:
         """
-        A try failed or got a 5xx answer.
+        A try failed or got a gateway-failure answer.
         """
         if self.eject_after <= 0:
             return
@@ -108,8 +136,30 @@ class Ejection:
         duration = min(MAX_EJECT_TIME, self.eject_time * 2 ** (self.ejections - 1))
         self.ejected_at = now
         self.ejected_until = now + duration
+        self.periods.append([now, now + duration])
         self.consecutive = 0
         self.probing = False
+        self.log.warn(
+            "upstream {upstream} ejected for {seconds:g} s after {failures} gateway failures in a row",
+            upstream=self.upstream,
+            seconds=duration,
+            failures=self.eject_after,
+        )
+
+    def _return(self, why: str) -> None:
+        now = self._clock.seconds()
+        if self.periods:
+            self.periods[-1][1] = min(self.periods[-1][1], now)
+        self.ejected_until = None
+        self.probing = False
+        self.log.info("upstream {upstream} is back from ejection: {why}", upstream=self.upstream, why=why)
+
+    def was_ejected(self, at: float) -> bool:
+        """
+        Whether the upstream was ejected at clock time C{at} (as far as
+        L{periods} remembers).
+        """
+        return any(start <= at < end for start, end in self.periods)
 
 
 @define(eq=False)
@@ -141,33 +191,72 @@ class Upstream:
             "ejected": self.ejection.ejected,
             "cooldownLeft": self.ejection.cooldown_left(),
             "inFlight": self.in_flight,
-            "timeline": [] if health is None else list(health.history),
+            "timeline": self.timeline(),
         }
 
-    def available(self) -> bool:
+    def timeline(self) -> list[tuple[float, str]]:
         """
-        Whether a new request may be sent here.
+        Recent (time, state) samples, oldest first: each health check's
+        result, C{"ejected"} where the upstream was ejected but not failing
+        its health check, and one C{"ejected"} sample when each ejection began.
         """
-        health = self.health
-        if health is not None and health.down:
-            return False
         ejection = self.ejection
-        if ejection.in_probation() and not ejection.probing and _checked_since(health, ejection):
-            ejection.succeeded()  # a health check passed after the cool-down
-        return not ejection.ejected
+        samples = [] if self.health is None else list(self.health.history)
+        marked = [
+            (at, "ejected" if status != "down" and ejection.was_ejected(at) else status)
+            for at, status in samples
+        ]
+        marked.extend((start, "ejected") for start, _ in ejection.periods)
+        marked.sort(key=lambda sample: sample[0])
+        return marked[-HISTORY:]
+
+    def passing(self) -> bool:
+        """
+        Whether it is not failing its health checks (true without health
+        checks, and before the first check ends).
+        """
+        return self.health is None or not self.health.down
+
+    def in_service(self) -> bool:
+        """
+        Whether it takes new requests in normal times: passing its health
+        checks and not ejected.
+        """
+        return self.passing() and not self.ejection.ejected
 
 
-def _checked_since(health: HealthState | None, ejection: Ejection) -> bool:
-    if health is None or health.checked_at is None or ejection.ejected_until is None:
-        return False
-    return health.checked_at >= ejection.ejected_until and not health.down
+def usable(upstreams: Sequence[Upstream]) -> list[Upstream]:
+    """
+    The upstreams a new request may go to: those in service; when none is,
+    those ejected but still passing their health checks (or without any),
+    as Envoy's panic mode ignores ejections rather than answer nothing.
+    """
+    in_service = [u for u in upstreams if u.in_service()]
+    return in_service or [u for u in upstreams if u.passing()]
+
+
+def serving_state(upstreams: Sequence[Upstream], draining: bool) -> str:
+    """
+    The one word for the proxy's state, used by C{/ready}, C{/status.json}
+    and the status page alike.
+
+    @return: L{SERVING} when every upstream is in service; L{NOT_READY}
+        while draining or when no upstream may take a request (each one
+        failing its health checks); else L{DEGRADED} (some upstreams out of
+        service, or all ejected and served anyway in panic mode).
+    """
+    if draining or not usable(upstreams):
+        return NOT_READY
+    if all(u.in_service() for u in upstreams):
+        return SERVING
+    return DEGRADED
 
 
 @define
 class Balancer:
     """
-    Picks an upstream for each try: round robin, or the one with the fewest
-    tries in flight.
+    Picks an upstream for each try among the L{usable} ones: round robin,
+    or the one with the fewest tries in flight.
     """
 
     upstreams: Sequence[Upstream]
@@ -176,19 +265,19 @@ class Balancer:
 
     def choose(self, avoid: Sequence[Upstream] = ()) -> Upstream | None:
         """
-        @return: an available upstream, preferring those not in C{avoid}; or
-            L{None} when none is available.
+        @return: a usable upstream, preferring those not in C{avoid}; or
+            L{None} when none is usable.
         """
-        available = [u for u in self.upstreams if u.available()]
-        if not available:
+        candidates = usable(self.upstreams)
+        if not candidates:
             return None
-        fresh = [u for u in available if u not in avoid] or available
+        fresh = [u for u in candidates if u not in avoid] or candidates
         return self._pick(fresh)
 
     def choose_for_retry(self, avoid: Sequence[Upstream]) -> Upstream:
         """
         Like L{choose}, but a request under way keeps its tries: with nothing
-        available, any upstream not yet tried (else the last one) is used.
+        usable, any upstream not yet tried (else the last one) is used.
         """
         chosen = self.choose(avoid)
         if chosen is not None:
@@ -210,12 +299,15 @@ class Balancer:
 def balancer_for(config: ProxyConfig, clock: IReactorTime, healths: Sequence[HealthState | None]) -> Balancer:
     """
     The upstreams of C{config}, each with its health (from C{healths}, in
-    order; L{None} without checks) and a fresh L{Ejection}, in a L{Balancer}.
+    order; L{None} without checks) and a fresh L{Ejection} that a passing
+    health check ends, in a L{Balancer}.
     """
-    upstreams = [
-        Upstream(url, base_of(url), health, Ejection(clock, config.eject_after, config.eject_time))
-        for url, health in zip(config.upstreams, healths, strict=True)
-    ]
+    upstreams = []
+    for url, health in zip(config.upstreams, healths, strict=True):
+        ejection = Ejection(clock, config.eject_after, config.eject_time, url)
+        if health is not None:
+            health.on_pass.append(ejection.health_check_passed)
+        upstreams.append(Upstream(url, base_of(url), health, ejection))
     return Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
 
 
@@ -276,14 +368,15 @@ class RequestRouter:
         self._record(upstream, "5xx" if response.code >= 500 else "ok")
         if upstream.health is not None:
             upstream.health.try_succeeded()
-        if response.code >= 500:
+        if response.code in GATEWAY_FAILURES:
             upstream.ejection.failed()
         else:
-            upstream.ejection.succeeded()
+            upstream.ejection.succeeded()  # a 500 is the application's answer, not the host's state
 
     def failed(self, failure: TryFailure) -> None:
         """
-        The latest try failed.
+        The latest try failed (refused, reset, timed out, invalid response):
+        a gateway failure.
         """
         upstream = self.current
         self._record(upstream, failure.kind.error_type)
