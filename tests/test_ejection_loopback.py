@@ -137,9 +137,17 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         return response.code
 
     @inlineCallbacks
-    def state(self) -> Any:
-        _, content = yield self.fetch(b"GET", self.admin + "/ready")
-        return json_of(content)["state"]
+    def agree(self, word: str) -> Any:
+        """/ready, /status.json and the status page's header all say C{word}."""
+        response, content = yield self.fetch(b"GET", self.admin + "/ready")
+        self.assertEqual(
+            (response.code, json_of(content)["state"]), (503 if word == "not ready" else 200, word)
+        )
+        _, content = yield self.fetch(b"GET", self.admin + "/status.json")
+        self.assertEqual(json_of(content)["state"], word)
+        _, page = yield self.fetch(b"GET", self.admin + "/status")
+        self.assertIn(f'<small id=state data-state="{word}">{word}</small>'.encode(), page)
+        return json_of(content)
 
     @inlineCallbacks
     def ejected(self) -> Any:
@@ -168,7 +176,7 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         print(f"\nback {elapsed:.2f} s after the backend recovered (health interval {INTERVAL} s)")
         self.assertLess(elapsed, 3 * INTERVAL)
         self.assertEqual((yield self.ejected()), 0)
-        self.assertEqual((yield self.state()), "serving")
+        yield self.agree("serving")
 
     @inlineCallbacks
     def test_500s_then_503s_then_recovery(self) -> Any:
@@ -178,7 +186,7 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         for _ in range(5):
             self.assertEqual((yield self.code("/boom")), 500)
         self.assertEqual((yield self.ejected()), 0)
-        self.assertEqual((yield self.state()), "serving")
+        yield self.agree("serving")
         self.assertEqual((yield self.code()), 200)
 
         yield self.passing_check()
@@ -186,13 +194,15 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         for _ in range(2):
             self.assertEqual((yield self.code()), 503)  # three tries each
         self.assertEqual((yield self.ejected()), 1)
-        self.assertEqual((yield self.state()), "degraded", "ejected, its checks not failed: still served")
+        status = yield self.agree("degraded")  # ejected, its checks not failed: still served
+        self.assertEqual(status["upstreams"][0]["timeline"][-1][1], "ejected")
+        self.assertTrue(status["upstreams"][0]["ejected"])
 
         backend.health = 503
         response, content = yield eventually(self._circuit_open)
         self.assertEqual(json_of(content)["details"]["attempts"], 0)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
-        self.assertEqual((yield self.state()), "not ready")
+        yield self.agree("not ready")
 
         backend.app = backend.health = 200
         yield self.back_within_an_interval(time.monotonic())
@@ -215,7 +225,7 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         response, content = yield self.get()
         self.assertEqual((response.code, json_of(content)["details"]["errorType"]), (503, "ECONNREFUSED"))
         self.assertEqual((yield self.ejected()), 1)
-        self.assertEqual((yield self.state()), "not ready")
+        yield self.agree("not ready")
         response, content = yield self.get()
         self.assertEqual(response.code, 503)
         self.assertEqual(json_of(content)["details"]["attempts"], 0, "a fast 503 while it is down")
