@@ -12,6 +12,8 @@ from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -233,6 +235,21 @@ class EjectionTests(SynchronousTestCase):
             clock.advance(ejection.cooldown_left())
             ejection.start_probe()
         self.assertLessEqual(ejection.cooldown_left(), 300)
+
+    def test_logged(self) -> None:
+        """The log says when an upstream is ejected, for how long, and when and why it is back."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        clock = Clock()
+        ejection = Ejection(clock, eject_after=1, upstream=UP_A)
+        ejection.failed()
+        ejection.health_check_passed()
+        self.assertEqual(
+            [formatEvent(event) for event in observer],
+            [
+                f"upstream {UP_A} ejected for 30 s after 1 gateway failures in a row",
+                f"upstream {UP_A} is back from ejection: a health check passed",
+            ],
+        )
 
     def test_disabled(self) -> None:
         """--eject-after 0 never ejects."""

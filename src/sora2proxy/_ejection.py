@@ -98,7 +98,6 @@ class Ejection:
         """
         if self.ejected_until is not None:
             self._return("a health check passed")
-        self.consecutive = 0
 
     def failed(self) -> None:
         """
