@@ -132,3 +132,23 @@ class HealthMonitorTests(SynchronousTestCase):
         self.assertEqual(upstream.health_checks, 1)
         self.assertEqual(len(upstream.seen), 10)
         monitor.stopService()
+
+    def test_only_passing_checks_are_heard(self) -> None:
+        """on_pass hears each passing check, never a failing one nor a proxied try's answer."""
+        clock = Clock()
+        upstream = RecordingUpstream()
+        agent = RequestTraversalAgent(upstream)
+        monitor = monitor_for(agent, clock)
+        heard: list[float] = []
+        monitor.state.on_pass.append(lambda: heard.append(clock.seconds()))
+        monitor.startService()
+        agent.flush()
+        upstream.health = "down"
+        clock.advance(5)
+        agent.flush()
+        monitor.state.try_succeeded()
+        upstream.health = "ok"
+        clock.advance(5)
+        agent.flush()
+        self.assertEqual(heard, [0, 10])
+        monitor.stopService()
