@@ -159,7 +159,7 @@ class EchoUpstream:
                 with lock:
                     self.open -= 1
 
-        server = serve(echo, "127.0.0.1", 0)
+        server = serve(echo, "127.0.0.1", 0, ping_interval=None)  # silent unless spoken to
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         test.addCleanup(lambda: (server.shutdown(), thread.join(5)))
@@ -180,7 +180,7 @@ class TunnelLimitTests(LoopbackMixin, TestCase):
     @inlineCallbacks
     def open_tunnel(self, proxy: str) -> Any:
         client = yield self.connect(proxy)
-        head = yield client.wait_for(b"\r\n\r\n")
+        head = yield client.wait_for(b"\r\n\r\n").addTimeout(10, reactor)
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         return client
 
@@ -192,7 +192,7 @@ class TunnelLimitTests(LoopbackMixin, TestCase):
         first = yield self.open_tunnel(proxy)
         second = yield self.open_tunnel(proxy)
         refused = yield self.connect(proxy)
-        answer = yield refused.wait_for(b"}}")
+        answer = yield refused.wait_for(b"}}").addTimeout(10, reactor)
         head, _, body = answer.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 503 "), head)
         self.assertEqual(json.loads(body)["details"]["errorType"], "OVERLOADED")
@@ -215,6 +215,6 @@ class TunnelLimitTests(LoopbackMixin, TestCase):
         client = yield self.open_tunnel(proxy)
         opened = reactor.seconds()
         yield until(lambda: upstream.open == 1, what="the upstream's connection")
-        yield client.closed
+        yield client.closed.addTimeout(10, reactor)
         self.assertGreaterEqual(reactor.seconds() - opened, 0.5)
         yield until(lambda: p.telemetry.in_flight == 0 and upstream.open == 0, what="both sides closed")
