@@ -69,6 +69,18 @@ class _Upstream:
         return succeed(self.protocol)
 
 
+class OptionTests(SynchronousTestCase):
+    def test_tunnel_idle_timeout_option(self) -> None:
+        """--tunnel-idle-timeout is 300 s by default, takes 0 (no limit), and a negative value stops start-up."""
+        from .test_config import parse
+
+        self.assertEqual(parse().config.tunnel_idle_timeout, 300.0)  # type: ignore[union-attr]
+        self.assertEqual(parse("--tunnel-idle-timeout", "0").config.tunnel_idle_timeout, 0.0)  # type: ignore[union-attr]
+        with self.assertRaises(SystemExit) as caught:
+            parse("--tunnel-idle-timeout", "-1")
+        self.assertIn("--tunnel-idle-timeout", str(caught.exception.code))
+
+
 class IdleTimeoutTests(SynchronousTestCase):
     def open(self, idle_timeout: float = 300.0) -> tuple[Clock, StringTransport, _Upstream, list[Any]]:
         clock = Clock()
