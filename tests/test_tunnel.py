@@ -13,8 +13,9 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -150,6 +151,46 @@ class IdleTimeoutTests(SynchronousTestCase):
         clock.advance(10 * 86400)
         self.assertFalse(client.disconnecting)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+@implementer(IStreamClientEndpoint)
+class _Refused:
+    """An endpoint whose every connection is refused."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def connect(self, factory: Any) -> Any:
+        self.tries += 1
+        return fail(ConnectionRefusedError())
+
+
+class ClientLeavesTests(SynchronousTestCase):
+    def test_client_leaves_during_backoff(self) -> None:
+        """A client that leaves while a refused handshake waits to be retried frees its slot (499) and stops the retries."""
+        clock = Clock()
+        endpoint = _Refused()
+        closed: list[tuple[int, int]] = []
+        errors: list[str] = []
+        channel = _Channel()
+        client = channel.transport
+        Tunnel(
+            clock,
+            RetryPolicy(attempts=3, backoff=1.0),
+            endpoint,
+            HANDSHAKE,
+            "rid",
+            30.0,
+            300.0,
+            lambda kind, reason, tries: errors.append(kind.error_type) or b"error",
+            lambda status, tries: closed.append((status, tries)),
+        ).start(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
+        self.assertEqual(endpoint.tries, 1)
+        client.protocol.connectionLost(None)
+        self.assertEqual(closed, [(499, 1)])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertEqual((endpoint.tries, errors), (1, []))
 
 
 class EchoUpstream:
