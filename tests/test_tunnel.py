@@ -153,6 +153,33 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class EarlyBytesTests(SynchronousTestCase):
+    def test_early_bytes_bounded(self) -> None:
+        """A client that streams before the upstream answers is read no more past 64 KiB, then all of it is sent on the 101."""
+        clock = Clock()
+        upstream = _Upstream()
+        channel = _Channel()
+        client = channel.transport
+        Tunnel(
+            clock,
+            RetryPolicy(attempts=1, backoff=0.0),
+            upstream,
+            HANDSHAKE,
+            "rid",
+            30.0,
+            300.0,
+            lambda kind, reason, tries: b"error",
+            lambda status, tries: None,
+        ).start(SimpleNamespace(channel=channel))  # type: ignore[arg-type]
+        client.protocol.dataReceived(b"a" * 60_000)
+        self.assertEqual(client.producerState, "producing")
+        client.protocol.dataReceived(b"b" * 10_000)
+        self.assertEqual(client.producerState, "paused")
+        upstream.protocol.dataReceived(SWITCHING)
+        self.assertEqual(client.producerState, "producing")
+        self.assertEqual(upstream.transport.value(), HANDSHAKE + b"a" * 60_000 + b"b" * 10_000)
+
+
 @implementer(IStreamClientEndpoint)
 class _Refused:
     """An endpoint whose every connection is refused."""

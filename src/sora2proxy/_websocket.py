@@ -129,6 +129,9 @@ class ClientSide(Protocol):
     """
     Speaks on the client's connection once it is taken over.
 
+    @ivar pending: what the client sent before the upstream answered (once
+        it holds more than L{MAX_HEAD} bytes, the client is read no more
+        until the answer).
     @ivar idle: touched by the bytes either way once the upstream answered.
     @ivar on_lost: told when the client's connection is closed.
     """
@@ -147,6 +150,8 @@ class ClientSide(Protocol):
             self.peer.transport.write(data)
         elif self.peer is None or not self.peer.answered:
             self.pending.append(data)
+            if sum(map(len, self.pending)) > MAX_HEAD and self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
@@ -224,6 +229,7 @@ class UpstreamSide(Protocol):
                 # Backpressure both ways: a slow reader pauses the other side.
                 client.registerProducer(self.transport, True)  # type: ignore[attr-defined]
                 self.transport.registerProducer(client, True)  # type: ignore[attr-defined]
+                client.resumeProducing()  # type: ignore[attr-defined]
                 for early in self.client.pending:
                     self.transport.write(early)
             self.client.pending = []
