@@ -192,6 +192,15 @@ class AdminHostTests(SynchronousTestCase):
             self.assertEqual((host, status), (host, 421))
             self.assertEqual(json.loads(body)["error"], "Misdirected Request")
 
+    def test_resource_interface(self) -> None:
+        """The Host check is a twisted.web resource wrapping the admin app."""
+        from twisted.web.resource import IResource, Resource
+        from zope.interface.verify import verifyObject
+
+        from sora2proxy._admin_hosts import LocalHostsOnly
+
+        self.assertTrue(verifyObject(IResource, LocalHostsOnly(Resource())))
+
     def test_no_host_served(self) -> None:
         """A request with no Host at all (no browser sends one) is served."""
         self.assertEqual(admin_answer(None, b"/health")[0], 200)
