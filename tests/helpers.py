@@ -168,6 +168,19 @@ def wait(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
+@inlineCallbacks
+def until(check: Any, seconds: float = 10, what: str = "the condition") -> Any:
+    """
+    Wait (on the reactor, polling every 10 ms) until C{check()} is true;
+    fail the test after C{seconds}.  For events with no Deferred to wait on.
+    """
+    deadline = reactor.seconds() + seconds
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds} s")
+        yield wait(0.01)
+
+
 class MemoryHarness:
     """
     The proxy resource on a Clock, its upstream a twisted.web resource behind

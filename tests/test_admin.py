@@ -14,19 +14,24 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
 from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._admin import Admin
 from sora2proxy._site import ProxySite, QuietSite
 
-from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, wait
-from .test_cli import BIN, Child, get, start_backend, start_proxy_process
+from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, until
+from .test_cli import BIN, Child, eventually, get, start_backend, start_proxy_process
+
+
+def health(proxy: Any, index: int = 0) -> str:
+    """The health an upstream of C{proxy} has now: unknown, up or down."""
+    return str(proxy.balancer.upstreams[index].health.status.value)
 
 
 class AdminTests(LoopbackMixin, TestCase):
@@ -52,18 +57,18 @@ class AdminTests(LoopbackMixin, TestCase):
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         _, admin, proxy = self.setup_all(url, health_interval=0.1)
-        yield wait(0.15)
+        yield until(lambda: health(proxy) == "up", what="the first health check")
         response, content = yield self.fetch(b"GET", admin + "/health")
         self.assertEqual((response.code, json_of(content)), (200, {"status": "alive"}))
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 200)
         upstream.health = "down"
-        yield wait(0.25)
+        yield until(lambda: health(proxy) == "down", what="the upstream seen down")
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 503)
         self.assertEqual(json_of(content)["available"], [])
         upstream.health = "ok"
-        yield wait(0.25)
+        yield until(lambda: health(proxy) == "up", what="the upstream seen up again")
         proxy.telemetry.draining = True
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 503)
@@ -75,8 +80,8 @@ class AdminTests(LoopbackMixin, TestCase):
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         dead = f"http://127.0.0.1:{refused_port()}/api"
-        public, admin, _ = self.setup_all((url, dead), health_interval=0.1, backoff=0.01)
-        yield wait(0.15)
+        public, admin, proxy = self.setup_all((url, dead), health_interval=0.1, backoff=0.01)
+        yield until(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
         for _ in range(3):
             yield self.fetch(b"GET", public + "/api/proxy/a")
         yield self.fetch(b"GET", public + "/elsewhere")
@@ -120,8 +125,8 @@ class AdminTests(LoopbackMixin, TestCase):
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         dead = f"http://127.0.0.1:{refused_port()}/api"
-        public, admin, _ = self.setup_all((url, dead), health_interval=0.1)
-        yield wait(0.25)
+        public, admin, proxy = self.setup_all((url, dead), health_interval=0.1)
+        yield until(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
         yield self.fetch(b"GET", public + "/nowhere")
         response, content = yield self.fetch(b"GET", admin + "/status.json")
         data = json_of(content)
@@ -134,6 +139,88 @@ class AdminTests(LoopbackMixin, TestCase):
         self.assertIn(data["recentErrors"][0]["requestId"].encode(), page)
         self.assertIn(b'data-health="down"', page)
         self.assertIn(b"http-equiv=refresh", page)
+
+    @inlineCallbacks
+    def test_foreign_host_refused(self) -> Any:
+        """The admin port serves Host 127.0.0.1:<port>, localhost and [::1]; a DNS-rebinding Host gets 421 JSON."""
+        _, admin, _ = self.setup_all(f"http://127.0.0.1:{refused_port()}/api", health_path="")
+        port = admin.rsplit(":", 1)[1].encode()
+        for host in (b"127.0.0.1:" + port, b"localhost", b"localhost:" + port, b"[::1]:" + port):
+            response, content = yield self.fetch(
+                b"GET", admin + "/health", headers=Headers({b"host": [host]})
+            )
+            self.assertEqual((host, response.code, json_of(content)), (host, 200, {"status": "alive"}))
+        for host in (b"evil.example", b"evil.example:" + port):
+            for path in ("/metrics", "/status.json", "/ready"):
+                response, content = yield self.fetch(b"GET", admin + path, headers=Headers({b"host": [host]}))
+                self.assertEqual((host, path, response.code), (host, path, 421))
+                self.assertEqual(json_of(content)["error"], "Misdirected Request")
+                self.assertNotIn(b"127.0.0.1", content)
+
+
+def admin_answer(host: bytes | None, path: bytes = b"/ready") -> tuple[int, bytes]:
+    """
+    The status and body the admin resource gives a request that arrived on
+    10.0.0.1 (say a pod's IP, the admin listening on all addresses).
+    """
+    from twisted.web.server import Request, Site
+    from twisted.web.test.requesthelper import DummyChannel
+
+    proxy = build_proxy(ProxyConfig(upstream="http://127.0.0.1:1/api", health_path=""), reactor)
+    channel = DummyChannel()
+    channel.site = Site(Admin(proxy.telemetry, proxy.balancer).resource())
+    request = Request(channel)
+    request.gotLength(0)
+    if host is not None:
+        request.requestHeaders.setRawHeaders(b"host", [host])
+    request.requestReceived(b"GET", path, b"HTTP/1.0")  # not chunked: the body as is
+    written = channel.transport.written.getvalue()
+    return int(written.split(b" ", 2)[1]), written.partition(b"\r\n\r\n")[2]
+
+
+class AdminHostTests(SynchronousTestCase):
+    def test_kubelet_probe(self) -> None:
+        """A kubelet probe (Host: the pod IP and admin port, arriving on the pod IP) reaches /ready and /health."""
+        self.assertIn(admin_answer(b"10.0.0.1:9901")[0], (200, 503))
+        self.assertEqual(admin_answer(b"10.0.0.1:9901", b"/health"), (200, b'{"status": "alive"}'))
+        self.assertEqual(admin_answer(b"10.0.0.1", b"/health")[0], 200)
+
+    def test_other_addresses_and_names_refused(self) -> None:
+        """Another host's address, or any name but localhost, is refused even where the request arrived on 10.0.0.1."""
+        for host in (b"10.0.0.2:9901", b"sora2proxy.default.svc:9901", b"10.0.0.1.nip.io:9901"):
+            status, body = admin_answer(host)
+            self.assertEqual((host, status), (host, 421))
+            self.assertEqual(json.loads(body)["error"], "Misdirected Request")
+
+    def test_resource_interface(self) -> None:
+        """The Host check is a twisted.web resource wrapping the admin app."""
+        from twisted.web.resource import IResource, Resource
+        from zope.interface.verify import verifyObject
+
+        from sora2proxy._admin_hosts import LocalHostsOnly
+
+        self.assertTrue(verifyObject(IResource, LocalHostsOnly(Resource())))
+
+    def test_no_host_served(self) -> None:
+        """A request with no Host at all (no browser sends one) is served."""
+        self.assertEqual(admin_answer(None, b"/health")[0], 200)
+
+    def test_host_rule(self) -> None:
+        """Loopback names and addresses with or without a port, and the address reached, pass; all else is refused."""
+        from sora2proxy._admin_hosts import host_allowed
+
+        allowed = [b"localhost", b"LocalHost:9901", b"127.0.0.1", b"127.0.0.1:9901", b"127.9.8.7:1",
+                   b"[::1]", b"[::1]:9901", b"[0:0:0:0:0:0:0:1]:80", b"10.1.2.3:9901"]  # fmt: skip
+        refused = [b"evil.example", b"evil.example:9901", b"localhost.evil.example", b"127.0.0.1.evil.example",
+                   b"10.1.2.4:9901", b"[::2]:9901", b"::1", b"127.0.0.1:x", b"[::1", b"[::1]x",
+                   b"[evil.example]", b"", b"\xff", b"2130706433", b"localhost:9901:9901"]  # fmt: skip
+        for host in allowed:
+            self.assertTrue(host_allowed([host], "10.1.2.3"), host)
+        for host in refused:
+            self.assertFalse(host_allowed([host], "10.1.2.3"), host)
+        self.assertFalse(host_allowed([b"localhost", b"localhost"], "10.1.2.3"))
+        self.assertFalse(host_allowed([b"10.1.2.3"], None))
+        self.assertTrue(host_allowed([b"10.1.2.3"], "::ffff:10.1.2.3"))
 
 
 def chromium() -> str:
@@ -155,6 +242,16 @@ def dump_dom(url: str) -> str:
     return result.stdout
 
 
+def status_data(admin_port: str) -> Any:
+    """The proxy process's /status.json."""
+    return json.loads(get(f"http://127.0.0.1:{admin_port}/status.json")[2])
+
+
+def upstream_healths(admin_port: str) -> list[str]:
+    """Each upstream's health as the proxy process's /status.json says."""
+    return [u["health"] for u in status_data(admin_port)["upstreams"]]
+
+
 class BrowserTests(SynchronousTestCase):
     def test_status_page_shows_upstream_going_down(self) -> None:
         """In headless Chromium the status page renders, then shows the upstream going down."""
@@ -169,13 +266,13 @@ class BrowserTests(SynchronousTestCase):
         )  # fmt: skip
         admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
         status = f"http://127.0.0.1:{admin_port}/status"
-        time.sleep(0.5)
+        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
         dom = dump_dom(status)
         self.assertIn("sora2proxy", dom)
         self.assertIn('data-health="up"', dom)
         self.assertIn(f"127.0.0.1:{backend_port}", dom)
         backend.stop()
-        time.sleep(1.0)
+        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["down"], seconds=10))
         dom = dump_dom(status)
         self.assertIn('data-health="down"', dom)
         self.assertIn("connection refused", dom)
@@ -189,7 +286,6 @@ class ProcessTests(SynchronousTestCase):
             self,
             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api", "--log-format", "json",
         )  # fmt: skip
-        time.sleep(0.3)
         status, headers, _ = get(f"http://127.0.0.1:{port}/api/proxy/jobs?x=1")
         self.assertEqual(status, 200)
         line = proxy.wait_for(r'"request_id"').string
@@ -212,14 +308,14 @@ class ProcessTests(SynchronousTestCase):
         )  # fmt: skip
         admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
         port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
-        time.sleep(0.3)
+        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
         self.assertEqual(get(f"http://127.0.0.1:{admin_port}/ready")[0], 200)
         answers: list[Any] = []
         slow = threading.Thread(target=lambda: answers.append(get(f"http://127.0.0.1:{port}/api/proxy/slow")))
         slow.start()
-        time.sleep(0.4)
+        self.assertTrue(eventually(lambda: status_data(admin_port)["inFlight"] == 1, seconds=10))
         os.kill(proxy.process.pid, signal.SIGTERM)
-        time.sleep(0.2)
+        self.assertTrue(eventually(lambda: get(f"http://127.0.0.1:{admin_port}/ready")[0] == 503, seconds=10))
         ready = get(f"http://127.0.0.1:{admin_port}/ready")
         self.assertEqual(ready[0], 503)
         self.assertTrue(json.loads(ready[2])["draining"])

@@ -13,6 +13,7 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.server import Request
 
+from ._admin_hosts import LocalHostsOnly
 from ._metrics import Telemetry
 from ._status import render_status
 from ._upstreams import NOT_READY, Balancer, serving_state, usable
@@ -38,9 +39,10 @@ class Admin:
 
     def resource(self) -> Any:
         """
-        The admin app as a twisted.web resource.
+        The admin app as a twisted.web resource, answering only local
+        C{Host}s (L{LocalHostsOnly}).
         """
-        return self.app.resource()
+        return LocalHostsOnly(self.app.resource())
 
     def _json(self, request: Request, body: Any, status: int = 200) -> bytes:
         request.setResponseCode(status)

@@ -257,6 +257,8 @@ class ProxyConfig:
     @ivar upstream_idle_timeout: seconds an idle upstream connection is kept
         for reuse (below the backend's own keep-alive timeout, so that the
         backend never closes a connection just as a request is sent on it).
+    @ivar tunnel_idle_timeout: seconds a WebSocket tunnel with no bytes
+        either way is kept open (0: no limit).
     @ivar idempotency_store: C{memory}, C{off}, or C{redis://HOST:PORT/DB}.
     @ivar idempotency_ttl: seconds a stored answer is replayed.
     @ivar idempotency_max_body: largest answer body stored, in bytes.
@@ -301,6 +303,7 @@ class ProxyConfig:
     header_timeout: float = field(default=10.0, validator=_not_negative)
     idle_timeout: float = field(default=60.0, validator=_not_negative)
     upstream_idle_timeout: float = field(default=4.0, validator=_positive)
+    tunnel_idle_timeout: float = field(default=300.0, validator=_not_negative)
     idempotency_store: str = field(default="memory", validator=_valid_store)
     idempotency_ttl: float = field(default=86_400.0, validator=_positive)
     idempotency_max_body: int = field(default=1024 * 1024, validator=_whole_not_negative)

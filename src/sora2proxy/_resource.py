@@ -287,9 +287,14 @@ class ProxyResource:
             handshake_bytes(request.method, url, headers, self._config.preserve_host),
             context.request_id,
             self._config.timeout,
+            self._config.tunnel_idle_timeout,
             answer,
-            lambda tries: self._respond.log_access(context, 101, tries, ""),
+            lambda status, tries: self._tunnel_closed(context, status, tries, upstream.url),
         ).start(request)
+
+    def _tunnel_closed(self, context: RequestContext, status: int, tries: int, upstream: str) -> None:
+        # Logged when the tunnel closes: until then it holds an in-flight slot.
+        self._respond.log_access(context, status, tries, "CLIENT_GONE" if status == 499 else "", upstream)
 
     def _unavailable(self, context: RequestContext) -> None:
         kind, message, retry_after = unavailable(self._balancer, self._config)

@@ -2,8 +2,9 @@
 WebSocket tunnelling: a request with C{Upgrade: websocket} takes over the
 client's connection; the handshake is sent to the upstream over a new
 connection, and after its answer the proxy copies bytes both ways, with
-backpressure, until either side closes.  A handshake that cannot be sent gets
-the proxy's JSON errors; nothing is retried once the handshake was sent.
+backpressure, until either side closes or no byte has moved either way for
+C{--tunnel-idle-timeout}.  A handshake that cannot be sent gets the proxy's
+JSON errors; nothing is retried once the handshake was sent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.client import URI
@@ -28,6 +30,44 @@ from ._retry import RetryPolicy
 
 #: The longest upstream response head accepted.
 MAX_HEAD = 64 * 1024
+
+#: Seconds an idle tunnel's connections get to close cleanly before they are
+#: aborted (twisted.web's C{HTTPChannel.abortTimeout} for a timed-out client).
+ABORT_AFTER = 15.0
+
+
+@define
+class IdleTimer:
+    """
+    Calls C{on_idle} once L{touch} has not been called for C{timeout}
+    seconds (0: never), as L{twisted.protocols.policies.TimeoutMixin} does.
+    """
+
+    _clock: IReactorTime
+    _timeout: float
+    _on_idle: Callable[[], None]
+    _call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """
+        Start waiting (once; later calls do nothing).
+        """
+        if self._timeout > 0 and self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._on_idle)
+
+    def touch(self) -> None:
+        """
+        Bytes moved: wait the whole C{timeout} again.
+        """
+        if self._call is not None and self._call.active():
+            self._call.reset(self._timeout)
+
+    def stop(self) -> None:
+        """
+        Stop waiting for good.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
 
 
 def wants_websocket(request: Request) -> bool:
@@ -54,16 +94,18 @@ def handshake_bytes(method: bytes, url: bytes, headers: Headers, preserve_host: 
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _adjust_head(head: bytes, request_id: str) -> tuple[bytes, int | None, bool]:
+def _adjust_head(head: bytes, request_id: str) -> tuple[bytes, int | None, int]:
     """
     Add C{X-Request-ID} and C{Via} to the upstream's response head.
 
     @return: the head, the body length of a non-101 answer (or L{None} when
-        it runs to the close), and whether the answer is a 101.
+        it runs to the close), and the status code (502 if it has none).
     """
     lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    switching = len(status) > 1 and status[1] == b"101"
+    status_line = lines[0].split(b" ", 2)
+    code = status_line[1] if len(status_line) > 1 else b""
+    status = int(code) if len(code) == 3 and code.isdigit() else 502
+    switching = status == 101
     kept = [lines[0]]
     length: int | None = None
     for line in lines[1:]:
@@ -80,30 +122,43 @@ def _adjust_head(head: bytes, request_id: str) -> tuple[bytes, int | None, bool]
     kept.append(b"Via: " + VIA)
     if not switching:
         kept.append(b"Connection: close")
-    return b"\r\n".join(kept) + b"\r\n\r\n", length, switching
+    return b"\r\n".join(kept) + b"\r\n\r\n", length, status
 
 
 class ClientSide(Protocol):
     """
     Speaks on the client's connection once it is taken over.
+
+    @ivar pending: what the client sent before the upstream answered (once
+        it holds more than L{MAX_HEAD} bytes, the client is read no more
+        until the answer).
+    @ivar idle: touched by the bytes either way once the upstream answered.
+    @ivar on_lost: told when the client's connection is closed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle: IdleTimer, on_lost: Callable[[], None]) -> None:
         self.peer: UpstreamSide | None = None
         self.pending: list[bytes] = []
         self.closed = False
+        self.idle = idle
+        self.on_lost = on_lost
 
     def dataReceived(self, data: bytes) -> None:
         if self.peer is not None and self.peer.switched:
             assert self.peer.transport is not None
+            self.idle.touch()
             self.peer.transport.write(data)
         elif self.peer is None or not self.peer.answered:
             self.pending.append(data)
+            if sum(map(len, self.pending)) > MAX_HEAD and self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
+        self.idle.stop()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
+        self.on_lost()
 
 
 class UpstreamSide(Protocol):
@@ -126,6 +181,7 @@ class UpstreamSide(Protocol):
         self.head = b""
         self.answered = False
         self.switched = False
+        self.status = 0
         self.left: int | None = None
         self._timer: IDelayedCall = clock.callLater(timeout, self._timed_out)
         self._on_timeout = on_timeout
@@ -144,12 +200,16 @@ class UpstreamSide(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        if self.client.closed:
+            self.transport.loseConnection()
+            return
         self.client.peer = self
         self.transport.write(self.handshake)
 
     def dataReceived(self, data: bytes) -> None:
         client = self.client.transport
         assert client is not None and self.transport is not None
+        self.client.idle.touch()
         if not self.answered:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
@@ -160,13 +220,16 @@ class UpstreamSide(Protocol):
             self.answered = True
             if self._timer.active():
                 self._timer.cancel()
-            head, self.left, self.switched = _adjust_head(self.head[:end], self.request_id)
+            head, self.left, self.status = _adjust_head(self.head[:end], self.request_id)
+            self.switched = self.status == 101
+            self.client.idle.start()
             data = self.head[end + 4 :]
             client.write(head)
             if self.switched:
                 # Backpressure both ways: a slow reader pauses the other side.
                 client.registerProducer(self.transport, True)  # type: ignore[attr-defined]
                 self.transport.registerProducer(client, True)  # type: ignore[attr-defined]
+                client.resumeProducing()  # type: ignore[attr-defined]
                 for early in self.client.pending:
                     self.transport.write(early)
             self.client.pending = []
@@ -185,10 +248,12 @@ class UpstreamSide(Protocol):
             self.client.transport.loseConnection()
 
 
-def take_over(request: Request) -> tuple[ClientSide, ITransport]:
+def take_over(request: Request, client: ClientSide) -> ITransport:
     """
-    Detach the client's connection from twisted.web and give it to a
-    L{ClientSide} (as Autobahn's WebSocketResource does).
+    Detach the client's connection from twisted.web and give it to
+    C{client} (as Autobahn's WebSocketResource does).
+
+    @return: the client's transport.
     """
     channel = request.channel
     assert channel is not None
@@ -197,13 +262,12 @@ def take_over(request: Request) -> tuple[ClientSide, ITransport]:
     channel.setTimeout(None)
     transport.unregisterProducer()  # type: ignore[attr-defined]
     channel.transport = None
-    client = ClientSide()
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = client  # TLS: the wrapper delivers to us
     else:
         transport.protocol = client  # type: ignore[attr-defined]
     client.makeConnection(transport)  # type: ignore[no-untyped-call]
-    return client, transport
+    return transport
 
 
 @define
@@ -211,12 +275,17 @@ class Tunnel:
     """
     One WebSocket request: takes over the client's connection, connects to
     the upstream (retrying a connection that was refused, as for any
-    request), sends the handshake and relays.
+    request), sends the handshake and relays until either side closes or the
+    tunnel is idle for C{idle_timeout} seconds.
 
     @ivar _error: builds the raw error response for a handshake that failed
         (its kind, the reason, the tries made).
-    @ivar _opened: told the tries made once the upstream is connected.
+    @ivar _closed: told, once the client's connection is closed, the status
+        its client was sent (499 if none) and the tries made; not told after
+        C{_error}.
     """
+
+    log = Logger()
 
     _clock: IReactorTime
     _policy: RetryPolicy
@@ -224,28 +293,69 @@ class Tunnel:
     _handshake: bytes
     _request_id: str
     _timeout: float
+    _idle_timeout: float
     _error: Callable[[ErrorKind, str, int], bytes]
-    _opened: Callable[[int], None]
+    _closed: Callable[[int, int], None]
     _client: ClientSide | None = None
     _transport: ITransport | None = None
+    _tries: int = 0
+    _failed: bool = False
+    _pending: Deferred[object] | IDelayedCall | None = None
+    _abort: IDelayedCall | None = None
 
     def start(self, request: Request) -> None:
         """
         Take over C{request}'s connection and start the first try.
         """
-        self._client, self._transport = take_over(request)
+        self._client = ClientSide(IdleTimer(self._clock, self._idle_timeout, self._idle), self._client_lost)
+        self._transport = take_over(request, self._client)
         self._attempt(1)
 
     def _fail(self, kind: ErrorKind, reason: str, tries: int) -> None:
+        self._failed = True
         response = self._error(kind, reason, tries)
         if self._client is not None and not self._client.closed and self._transport is not None:
             self._transport.write(response)
             self._transport.loseConnection()
 
+    def _connections(self) -> list[ITransport]:
+        client = self._client
+        found = [] if self._transport is None else [self._transport]
+        if client is not None and client.peer is not None and client.peer.transport is not None:
+            found.append(client.peer.transport)
+        return found
+
+    def _idle(self) -> None:
+        self.log.info(
+            "WebSocket tunnel {request_id} closed: no bytes either way for {timeout:g} s",
+            request_id=self._request_id,
+            timeout=self._idle_timeout,
+        )
+        for transport in self._connections():
+            transport.loseConnection()
+        self._abort = self._clock.callLater(ABORT_AFTER, self._abort_all)
+
+    def _abort_all(self) -> None:
+        for transport in self._connections():
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _client_lost(self) -> None:
+        pending, self._pending = self._pending, None
+        if isinstance(pending, Deferred) or (pending is not None and pending.active()):
+            pending.cancel()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        if self._failed:
+            return
+        peer = None if self._client is None else self._client.peer
+        self._closed(peer.status if peer is not None and peer.answered else 499, self._tries)
+
     def _attempt(self, tries: int) -> None:
+        self._pending = None
         client = self._client
         if client is None or client.closed:
             return
+        self._tries = tries
         side = UpstreamSide(
             client,
             self._handshake,
@@ -257,15 +367,21 @@ class Tunnel:
 
         def failed(failure: Failure) -> None:
             side.cancel_timer()
+            if client.closed:
+                return
             classified = classify(failure)
             if classified is None:
                 self._fail(INTERNAL, f"proxy bug: {failure.getErrorMessage()}", tries)
                 return
             decision = self._policy.after_failure(b"GET", False, classified, tries)
             if decision.retry:
-                self._clock.callLater(decision.delay, self._attempt, tries + 1)
+                self._pending = self._clock.callLater(decision.delay, self._attempt, tries + 1)
                 return
             self._fail(classified.kind, classified.reason, tries)
 
-        connected: Deferred[object] = connectProtocol(self._endpoint, side)
-        connected.addCallbacks(lambda _: self._opened(tries), failed)
+        connecting: Deferred[object] = connectProtocol(self._endpoint, side)
+        self._pending = connecting
+        connecting.addCallbacks(self._connected, failed)
+
+    def _connected(self, _: object) -> None:
+        self._pending = None
