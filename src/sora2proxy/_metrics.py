@@ -122,7 +122,7 @@ class Telemetry:
         self._request_seconds.observe((label,), seconds)
         if error_type:
             self._errors.labels(error_type).inc()
-        self.board.request_finished(method, path, status, error_type, request_id, upstream)
+        self.board.request_finished(method, path, status, error_type, request_id, upstream, seconds)
 
     def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
         """
@@ -130,6 +130,7 @@ class Telemetry:
         """
         self._tries.inc((upstream, outcome))
         self._upstream_seconds.observe((upstream,), seconds)
+        self.board.try_finished(upstream, seconds)
 
     def retried(self, upstream: str) -> None:
         """

@@ -123,7 +123,6 @@ class Responder:
         if context.logged:
             return
         context.logged = True
-        upstream = upstream or self._config.upstream
         elapsed = self._clock.seconds() - context.started
         self.telemetry.request_finished(
             context.method.decode("latin-1"),
@@ -132,8 +131,9 @@ class Responder:
             error_type,
             elapsed,
             context.request_id,
-            upstream,
+            upstream or "",  # the status page names no upstream for a request never sent
         )
+        upstream = upstream or self._config.upstream
         method = context.method.decode("latin-1")
         duration_ms = round(elapsed * 1000)
         self._access.record(
