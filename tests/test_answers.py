@@ -406,3 +406,26 @@ class ReplayCountTests(LoopbackMixin, TestCase):
         board = proxy.telemetry.board.snapshot(proxy.balancer.upstreams, 0, False)
         self.assertEqual(board["errors"]["groups"], [])
         self.assertEqual(board["rates"]["failures"], 0)
+
+
+class TunnelInternalsTests(LoopbackMixin, TestCase):
+    HANDSHAKE = (
+        b"GET /api/proxy/ws HTTP/1.1\r\nHost: p\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+
+    @inlineCallbacks
+    def test_handshake_error_redacted(self) -> Any:
+        """A WebSocket handshake that times out: a relayed client reads no upstream; a local one does."""
+        _, url = self.start_upstream(RecordingUpstream("hang"))
+        public, _ = self.start_proxy(upstream=url, health_path="", timeout=0.3)
+        port = int(public.rsplit(":", 1)[1])
+        relayed = yield exchange(port, self.HANDSHAKE + b"X-Forwarded-For: 198.51.100.2\r\n\r\n")
+        head, _, body = relayed.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 504 Gateway Timeout"), head)
+        details = json.loads(body)["details"]
+        self.assertEqual(details["errorType"], "TIMEOUT")
+        self.assertNotIn("upstream", details)
+        self.assertNotIn(url.encode(), body)
+        local = yield exchange(port, self.HANDSHAKE + b"\r\n")
+        self.assertEqual(json.loads(local.partition(b"\r\n\r\n")[2])["details"]["upstream"], url)
