@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from html.parser import HTMLParser
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
@@ -25,7 +27,7 @@ from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._admin import Admin
 from sora2proxy._site import ProxySite, QuietSite
 
-from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, until
+from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, until, wait
 from .test_cli import BIN, Child, eventually, get, start_backend, start_proxy_process
 
 
@@ -121,22 +123,27 @@ class AdminTests(LoopbackMixin, TestCase):
 
     @inlineCallbacks
     def test_status(self) -> Any:
-        """/status shows each upstream's health and recent errors with request ids; /status.json the same data."""
+        """/status shows each upstream's health and errors by type with request ids; /status.json the same data, no queries."""
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         dead = f"http://127.0.0.1:{refused_port()}/api"
         public, admin, proxy = self.setup_all((url, dead), health_interval=0.1)
         yield until(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
-        yield self.fetch(b"GET", public + "/nowhere")
+        for _ in range(3):
+            yield self.fetch(b"GET", public + "/nowhere?access_token=s3cret")
         response, content = yield self.fetch(b"GET", admin + "/status.json")
         data = json_of(content)
         healths = {u["url"]: u["health"] for u in data["upstreams"]}
         self.assertEqual(healths, {url: "up", dead: "down"})
-        self.assertEqual(data["recentErrors"][0]["errorType"], "NOT_FOUND")
+        [group] = data["errors"]["groups"]
+        self.assertEqual((group["errorType"], group["recent"], group["total"]), ("NOT_FOUND", 3, 3))
+        self.assertEqual(group["latest"]["path"], "/nowhere")
+        self.assertNotIn(b"s3cret", content)
         self.assertGreater(len(data["upstreams"][0]["timeline"]), 0)
         response, page = yield self.fetch(b"GET", admin + "/status")
         self.assertEqual(response.code, 200)
-        self.assertIn(data["recentErrors"][0]["requestId"].encode(), page)
+        self.assertIn(group["latest"]["requestId"].encode(), page)
+        self.assertNotIn(b"s3cret", page)
         self.assertIn(b'data-health="down"', page)
         self.assertIn(b"http-equiv=refresh", page)
 
@@ -278,6 +285,109 @@ class BrowserTests(SynchronousTestCase):
         self.assertIn("connection refused", dom)
 
 
+class _Text(HTMLParser):
+    """The text a person reads on a page, one line per block, without scripts or styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self._hidden += tag in ("style", "script", "title")
+        if tag in ("tr", "p", "h1", "h2", "div", "table"):
+            self.parts.append("\n")
+        elif tag in ("td", "th", "span"):
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._hidden -= tag in ("style", "script", "title")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def readable(dom: str) -> str:
+    """The page's visible text, whitespace collapsed within each line."""
+    parser = _Text()
+    parser.feed(dom)
+    return "\n".join(" ".join(line.split()) for line in "".join(parser.parts).splitlines() if line.strip())
+
+
+class BrowserStatesTests(LoopbackMixin, TestCase):
+    """The status page in headless Chromium, in each of its three states, with screenshots."""
+
+    setup_all = AdminTests.setup_all
+
+    @inlineCallbacks
+    def until(self, admin: str, check: Any) -> Any:
+        for _ in range(200):
+            _, content = yield self.fetch(b"GET", admin + "/status.json")
+            if check(json_of(content)):
+                return
+            yield wait(0.05)
+        self.fail("the status never got there")
+
+    @inlineCallbacks
+    def look(self, url: str, name: str, shots: str) -> Any:
+        """Chromium loads the page once: a screenshot, and the DOM it rendered."""
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        path = os.path.join(shots, f"status-{name}.png")
+        out, err, code = yield getProcessOutputAndValue(
+            chromium(),
+            ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--window-size=1200,900", f"--screenshot={path}", "--dump-dom", url],
+            env=os.environ,
+        )  # fmt: skip
+        self.assertEqual(code, 0, err[-2000:])
+        with open(path, "rb") as shot:
+            png = shot.read()
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        return readable(out.decode("utf-8")), png
+
+    @inlineCallbacks
+    def test_three_states(self) -> Any:
+        """A person reads serving, then degraded, then not ready, with rates, latencies and grouped errors."""
+        chromium()
+        first, second = RecordingUpstream(), RecordingUpstream()
+        _, url_a = self.start_upstream(first)
+        _, url_b = self.start_upstream(second)
+        public, admin, _ = self.setup_all((url_a, url_b), health_interval=0.1)
+        shots = os.environ.get("STATUS_SCREENSHOTS") or self.mktemp()
+        os.makedirs(shots, exist_ok=True)
+        yield self.until(admin, lambda data: data["state"] == "serving")
+        for _ in range(4):
+            yield self.fetch(b"GET", public + "/api/proxy/videos")
+        for _ in range(3):
+            yield self.fetch(b"GET", public + "/nowhere?access_token=s3cret")
+        serving, serving_png = yield self.look(admin + "/status", "serving", shots)
+        self.assertIn("sora2proxy serving", serving)
+        self.assertRegex(serving, r"requests: [0-9.]+/s over the last 60 s \(7 in all\)")
+        self.assertRegex(serving, r"errors: 43% of requests over the last 60 s")
+        self.assertRegex(serving, r"all requests \(arrival to last byte\) 7 [0-9.]+ ms [0-9.]+ ms [0-9.]+ ms")
+        self.assertRegex(serving, rf"tries to {url_a} \(sent to response headers\) 2 [0-9.]+ ms")
+        self.assertRegex(
+            serving, r"NOT_FOUND 3 3 \d\d:\d\d:\d\d 404 · GET /nowhere\nrequest id \w+ · not sent upstream"
+        )
+        self.assertNotIn("s3cret", serving)
+
+        second.health = "down"
+        yield self.until(admin, lambda data: data["state"] == "degraded")
+        degraded, degraded_png = yield self.look(admin + "/status", "degraded", shots)
+        self.assertIn("sora2proxy degraded", degraded)
+        self.assertIn(f"{url_b} down\nhealth check answered HTTP 503", degraded)
+        self.assertIn(f"{url_a} up", degraded)
+
+        first.health = "down"
+        yield self.until(admin, lambda data: data["state"] == "not ready")
+        not_ready, not_ready_png = yield self.look(admin + "/status", "not-ready", shots)
+        self.assertIn("sora2proxy not ready", not_ready)
+        self.assertEqual(len({serving_png, degraded_png, not_ready_png}), 3)
+
+
 class ProcessTests(SynchronousTestCase):
     def test_json_logs(self) -> None:
         """--log-format json writes one JSON object a line, with the access event's fields."""
@@ -368,7 +478,8 @@ class JSONLinesTests(SynchronousTestCase):
 class WindowCountTests(SynchronousTestCase):
     def test_counts_the_last_minute_in_bounded_memory(self) -> None:
         """Rates count events of the last RATE_WINDOW seconds, one bucket a second, however many events."""
-        from sora2proxy._status import RATE_WINDOW, WindowCount
+        from sora2proxy._windows import WINDOW as RATE_WINDOW
+        from sora2proxy._windows import WindowCount
 
         count = WindowCount()
         for tick in range(3000):  # 50 events a second for 60 s

@@ -9,16 +9,85 @@ This module imports nothing of the package.
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.web.iweb import IRequest
 
 JSON_TYPE = b"application/json"
 HTML_TYPE = b"text/html; charset=utf-8"
+
+#: The phrases RFC 9110 renamed (Python 3.11's C{HTTPStatus} has the old ones).
+_RFC9110_PHRASES = {
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    422: b"Unprocessable Content",
+}
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus} | _RFC9110_PHRASES
+
+#: The C{details} members any client may read; the others (C{upstream},
+#: C{reason}, C{traceback}) only a loopback client or one of a C{--dev} proxy.
+PUBLIC_DETAILS = frozenset(
+    {
+        "errorType",
+        "attempts",
+        "durationMs",
+        "suggestion",
+        "requestId",
+        "retryable",
+        "retryBudgetExhausted",
+        "outcomeUnknown",
+        "maxBody",
+    }
+)
+
+#: Request headers a proxy in front adds: a loopback peer that sends one
+#: relays someone else's request.
+_RELAYED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def reason_phrase(status: int, given: bytes | None = None) -> bytes:
+    """
+    The reason phrase of C{status} in the IANA registry (RFC 9110's words);
+    for a status the registry lacks, C{given} (the upstream's phrase) if it
+    is a valid reason phrase, else none.
+
+    Twisted's own table lacks 421, 422, 425, 428, 429, 431, 451 and others,
+    and writes C{Unknown Status} for them.
+    """
+    known = _PHRASES.get(status)
+    if known is not None:
+        return known
+    if given and all(byte == 0x09 or 0x20 <= byte != 0x7F for byte in given):
+        return given
+    return b""
+
+
+def sees_internals(request: IRequest, dev: bool) -> bool:
+    """
+    Whether the client of C{request} may read the proxy's internals in an
+    error (upstream URLs, failure reasons, the configured suggestion): with
+    C{--dev}, or a loopback client that relays nobody else's request (no
+    C{Forwarded}, C{X-Forwarded-For} or C{X-Real-IP}).
+    """
+    if dev:
+        return True
+    headers = request.requestHeaders
+    if any(headers.hasHeader(name) for name in _RELAYED):
+        return False
+    host = getattr(request.getClientAddress(), "host", None)
+    try:
+        address = ipaddress.ip_address(host) if isinstance(host, str) else None
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address is not None and address.is_loopback
 
 
 @frozen
@@ -80,7 +149,7 @@ class ProxyError:
     @ivar attempts: how many upstream tries were made.
     @ivar duration_ms: time from the request's arrival, in milliseconds.
     @ivar suggestion: the how-to-fix line.
-    @ivar upstream: the upstream base URL concerned.
+    @ivar upstream: the upstream base URL concerned (none in a redacted error).
     @ivar request_id: the request's C{X-Request-ID}.
     @ivar retry_after: seconds for C{Retry-After}, for the kinds that send it.
     @ivar extra: further C{details} members (C{retryable}, C{traceback}...).
@@ -108,8 +177,19 @@ class ProxyError:
             "upstream": self.upstream,
             "requestId": self.request_id,
         }
+        if not self.upstream:
+            del details["upstream"]
         details.update(self.extra)
         return details
+
+    def redacted(self, message: str, suggestion: str) -> ProxyError:
+        """
+        This error as a client outside the proxy's host reads it: C{message}
+        and C{suggestion} instead of its own, no upstream, and only the
+        L{PUBLIC_DETAILS} of its extra members.
+        """
+        extra = {name: value for name, value in self.extra.items() if name in PUBLIC_DETAILS}
+        return evolve(self, message=message, suggestion=suggestion, upstream="", extra=extra)
 
     def to_json(self) -> bytes:
         """
@@ -148,7 +228,7 @@ def raw_error(kind: ErrorKind, message: str, details: Mapping[str, Any], request
     body = json.dumps(
         {"error": kind.title, "message": message, "details": {"errorType": kind.error_type, **details}}
     ).encode("utf-8")
-    phrase = HTTPStatus(kind.status).phrase.encode("ascii")
+    phrase = reason_phrase(kind.status)
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"x-request-id: %s\r\nconnection: close\r\n\r\n"
@@ -171,7 +251,7 @@ def write_error(request: IRequest, error: ProxyError) -> None:
     Headers already set on the response (C{X-Request-ID}) are kept; a browser
     gets HTML, every other client JSON.
     """
-    request.setResponseCode(error.kind.status)
+    request.setResponseCode(error.kind.status, reason_phrase(error.kind.status))
     if wants_html(request):
         body, content_type = error.to_html(), HTML_TYPE
     else:

@@ -22,6 +22,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HEALTH_VALUES = {"up": 1.0, "down": 0.0, "unknown": -1.0}
 
+#: The access log's mark of an Idempotency-Key replay: an answer, not an error.
+REPLAYED = "IDEMPOTENT_REPLAY"
+
 
 def _method_label(method: str) -> str:
     return method if method in _METHODS else "OTHER"
@@ -121,15 +124,19 @@ class Telemetry:
         upstream: str,
     ) -> None:
         """
-        A request was answered (or its client left).
+        A request was answered (or its client left); C{error_type} is empty,
+        the error's type, or L{REPLAYED} for a replayed stored answer (counted
+        by the idempotency guard, never as an error).
         """
         self.in_flight -= 1
         label = _method_label(method)
         self._requests.inc((label, str(status)))
         self._request_seconds.observe((label,), seconds)
-        if error_type:
+        if error_type == REPLAYED:
+            error_type = ""
+        elif error_type:
             self._errors.labels(error_type).inc()
-        self.board.request_finished(method, path, status, error_type, request_id, upstream)
+        self.board.request_finished(method, path, status, error_type, request_id, upstream, seconds)
 
     def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
         """
@@ -137,6 +144,7 @@ class Telemetry:
         """
         self._tries.inc((upstream, outcome))
         self._upstream_seconds.observe((upstream,), seconds)
+        self.board.try_finished(upstream, seconds)
 
     def retried(self, upstream: str) -> None:
         """
@@ -181,7 +189,7 @@ class _IdempotencyCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         guard = self._guard
         for name, help_text, value in (
-            ("sora2proxy_idempotency_replays", "Stored answers replayed.", guard.replays),
+            ("sora2proxy_idempotent_replays", "Stored answers replayed (not errors).", guard.replays),
             ("sora2proxy_idempotency_conflicts", "409s: the key's request still in flight.", guard.conflicts),
             ("sora2proxy_idempotency_key_reused", "422s: the key reused for another request.", guard.reused),
             ("sora2proxy_idempotency_store_errors", "Store operations that failed.", guard.store_errors),

@@ -5,7 +5,7 @@ resource to serve and a service to start (health monitor, connection pool).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -23,6 +23,7 @@ from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
 from ._idempotency import IdempotencyGuard
 from ._idempotency_store import IdempotencyStore, MemoryStore, redis_store
+from ._messages import SpawnedChild
 from ._metrics import Telemetry
 from ._resource import ProxyResource
 from ._upstreams import Balancer, balancer_for
@@ -104,6 +105,7 @@ def build_proxy(
     reactor: Any,
     agent: IAgent | None = None,
     random: Callable[[], float] | None = None,
+    children: Sequence[SpawnedChild] = (),
 ) -> Proxy:
     """
     Build the proxy described by C{config}.
@@ -112,6 +114,8 @@ def build_proxy(
     @param agent: the HTTP client for upstream requests; by default a
         L{UpstreamClient} (persistent, pooled) on C{reactor}.
     @param random: the random source of backoff jitter (numbers in [0, 1)).
+    @param children: the C{--spawn} children that run the backend (their
+        exits are named in errors); see L{SpawnedChild}.
     """
     clock: IReactorTime = reactor
     telemetry = Telemetry(clock)
@@ -153,5 +157,6 @@ def build_proxy(
         telemetry=telemetry,
         guard=guard,
         access=access,
+        children=children,
     )
     return Proxy(resource, service, balancer, telemetry)

@@ -16,6 +16,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
+from ._errors import reason_phrase
 from ._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
 from ._idempotency_store import StoredResponse
 
@@ -131,10 +132,13 @@ def start_response(
     prefix: bytes = b"",
 ) -> None:
     """
-    Copy the upstream's status and end-to-end headers onto the response,
-    with C{Via} and redirects to the upstream pointed at the proxy.
+    Copy the upstream's status (with its registered reason phrase) and
+    end-to-end headers onto the response, with C{Via} and redirects to the
+    upstream pointed at the proxy.
     """
-    request.setResponseCode(response.code, response.phrase)
+    # The registry's phrase (Twisted's table lacks 422, 429...; an upstream on
+    # Twisted sends "Unknown Status" for them); the upstream's for a code it lacks.
+    request.setResponseCode(response.code, reason_phrase(response.code, response.phrase))
     headers = request.responseHeaders
     fields: Fields | None = getattr(response, "fields", None)
     if fields is not None:  # an UpstreamResponse: its fields as parsed, no Headers built
@@ -172,7 +176,7 @@ def write_replay(request: Request, stored: StoredResponse, request_id: str) -> N
     Answer with a stored upstream response (an Idempotency-Key replay): the
     same status, headers and body, marked C{Idempotent-Replayed: true}.
     """
-    request.setResponseCode(stored.status, stored.phrase)
+    request.setResponseCode(stored.status, reason_phrase(stored.status, stored.phrase))
     headers = request.responseHeaders
     for name, values in stored.headers:
         if name.lower() not in HOP_BY_HOP:

@@ -7,7 +7,7 @@ relayed to the client.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -31,13 +31,12 @@ from ._errors import (
     NOT_IMPLEMENTED,
     OVERLOADED,
     ErrorKind,
-    raw_error,
 )
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
 from ._idempotency import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
-from ._messages import gave_up_message, unavailable
-from ._metrics import Telemetry
+from ._messages import SpawnedChild, gave_up_message, unavailable
+from ._metrics import REPLAYED, Telemetry
 from ._paths import TargetRefused, check_target
 from ._relay import BodyRelay, start_response, write_replay
 from ._respond import RequestContext, Responder, client_connected
@@ -72,6 +71,7 @@ class ProxyResource:
         telemetry: Telemetry | None = None,
         guard: IdempotencyGuard | None = None,
         access: AccessSink | None = None,
+        children: Sequence[SpawnedChild] = (),
     ) -> None:
         """
         @param clock: the reactor's time, for timeouts and backoff.
@@ -88,10 +88,11 @@ class ProxyResource:
         @param telemetry: metrics and status board; by default a new one.
         @param guard: Idempotency-Key handling; L{None} passes keys through.
         @param access: where access lines go; by default as C{config.access_log} says.
+        @param children: the C{--spawn} children, named in errors when one exited.
         """
         self._endpoints = endpoints
         self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
-        self._respond = Responder(config, clock, self.telemetry, access)
+        self._respond = Responder(config, clock, self.telemetry, access, children)
         self._guard = guard
         self._config = config
         self._clock = clock
@@ -147,11 +148,11 @@ class ProxyResource:
         request = context.request
         if self.telemetry.in_flight > self._config.max_inflight:
             message = f"The proxy is handling {self._config.max_inflight} requests already (--max-inflight)."
-            self._respond.error(context, OVERLOADED, message, 0, suggestion="Retry in a moment.")
+            self._respond.error(context, OVERLOADED, message, 0)
             return
         checked = check_target(request.method, request.uri)
         if isinstance(checked, TargetRefused):
-            self._respond.error(context, BAD_REQUEST, checked.reason, 0, suggestion="Fix the request's path.")
+            self._respond.error(context, BAD_REQUEST, checked.reason, 0)
             return
         target = split_target(checked, self._prefix)
         if target is None:
@@ -185,7 +186,7 @@ class ProxyResource:
         elif isinstance(verdict, Replay):
             if client_connected(context.request):
                 write_replay(context.request, verdict.response, context.request_id)
-            self._respond.log_access(context, verdict.response.status, 0, "IDEMPOTENT_REPLAY")
+            self._respond.log_access(context, verdict.response.status, 0, REPLAYED)
         else:
             self._send(context, target, first, verdict)
 
@@ -268,17 +269,12 @@ class ProxyResource:
         headers = forwarded_headers(request, context.request_id, secure, self._config.preserve_host)
 
         def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:
-            details = {
-                "attempts": tries,
-                "durationMs": self._respond.elapsed_ms(context),
-                "suggestion": self._config.suggestion,
-                "upstream": upstream.url,
-                "requestId": context.request_id,
-                "reason": reason,
-            }
             message = f"The API backend at {upstream.url} failed the WebSocket handshake: {reason}."
+            error = self._respond.make_error(
+                context, kind, message, tries, extra={"reason": reason}, upstream=upstream.url
+            )
             self._respond.log_access(context, kind.status, tries, kind.error_type)
-            return raw_error(kind, message, details, context.request_id)
+            return self._respond.raw(context, error)
 
         Tunnel(
             self._clock,
@@ -303,7 +299,7 @@ class ProxyResource:
     def _gave_up(
         self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool
     ) -> None:
-        message, extra, suggestion = gave_up_message(gave_up, upstream, budget)
+        message, extra = gave_up_message(gave_up, upstream, budget)
         if unknown:
             # The key is released: the backend may have acted; it stays the authority.
             extra["outcomeUnknown"] = True
@@ -315,7 +311,6 @@ class ProxyResource:
             retry_after=self._config.health_interval,
             extra=extra,
             upstream=upstream,
-            suggestion=suggestion,
         )
 
     def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:

@@ -2,22 +2,28 @@
 How a request ends: L{RequestContext} (what is known of one request),
 L{Responder} (the proxy's own error answers, the bug answer, and the one
 access event per request, counted in the telemetry).
+
+Every error answer is logged whole; a client gets it whole only from
+loopback or with C{--dev} (L{sees_internals}), any other client a redacted
+copy (L{public_words}).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from ._access_log import AccessSink, access_sink
 from ._config import ProxyConfig
-from ._errors import INTERNAL, ErrorKind, ProxyError, write_error
+from ._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._metrics import Telemetry
 
 
@@ -43,15 +49,25 @@ class Responder:
     Writes the proxy's own answers and logs every request's end, once.
     """
 
-    log = Logger(namespace="sora2proxy.access")
+    log = Logger()
 
     def __init__(
-        self, config: ProxyConfig, clock: IReactorTime, telemetry: Telemetry, access: AccessSink | None = None
+        self,
+        config: ProxyConfig,
+        clock: IReactorTime,
+        telemetry: Telemetry,
+        access: AccessSink | None = None,
+        children: Sequence[SpawnedChild] = (),
     ) -> None:
+        """
+        @param children: the C{--spawn} children, named in an unreachable
+            error when one of them exited.
+        """
         self._config = config
         self._clock = clock
         self.telemetry = telemetry
         self._access = access if access is not None else access_sink(config, clock)
+        self._children = children
 
     def error(
         self,
@@ -64,22 +80,80 @@ class Responder:
         upstream: str | None = None,
         suggestion: str | None = None,
     ) -> None:
+        """
+        Answer C{context}'s request with the proxy's own error, log it whole
+        and count it.
+
+        @param suggestion: the how-to-fix line, when the caller has one
+            about the request; by default the error type's own.
+        """
+        error = self.make_error(context, kind, message, attempts, retry_after, extra, upstream, suggestion)
+        if not client_connected(context.request):
+            self.log_access(context, 499, attempts, kind.error_type, upstream)
+            return
+        write_error(context.request, self.view(context.request, error))
+        self.log_access(context, kind.status, attempts, kind.error_type, upstream)
+
+    def make_error(
+        self,
+        context: RequestContext,
+        kind: ErrorKind,
+        message: str,
+        attempts: int,
+        retry_after: float = 1.0,
+        extra: dict[str, Any] | None = None,
+        upstream: str | None = None,
+        suggestion: str | None = None,
+    ) -> ProxyError:
+        """
+        The whole error (what the operator reads), logged.
+        """
+        suggestion = suggestion or suggestion_for(kind, self._config)
+        if kind.error_type in UNREACHABLE:
+            note = child_note(self._children, self._clock.seconds())
+            if note is not None:
+                message, suggestion = f"{message} {note.fact}", note.suggestion
         error = ProxyError(
             kind=kind,
             message=message,
             attempts=attempts,
             duration_ms=self.elapsed_ms(context),
-            suggestion=suggestion or self._config.suggestion,
+            suggestion=suggestion,
             upstream=upstream or ", ".join(self._config.upstreams),
             request_id=context.request_id,
             retry_after=math.ceil(retry_after),
             extra=extra or {},
         )
-        if not client_connected(context.request):
-            self.log_access(context, 499, attempts, kind.error_type)
-            return
-        write_error(context.request, error)
-        self.log_access(context, kind.status, attempts, kind.error_type)
+        self.log.emit(
+            LogLevel.warn if kind.status >= 500 else LogLevel.info,
+            "{status} {error_type} for request {request_id}: {message} Suggestion: {suggestion} "
+            "(upstream {upstream})",
+            status=kind.status,
+            error_type=kind.error_type,
+            request_id=context.request_id,
+            message=message,
+            suggestion=suggestion,
+            upstream=error.upstream,
+            reason=error.extra.get("reason", ""),
+        )
+        return error
+
+    def view(self, request: Request, error: ProxyError) -> ProxyError:
+        """
+        C{error} as the client of C{request} may read it: whole from
+        loopback or with C{--dev}, else redacted.
+        """
+        if sees_internals(request, self._config.dev):
+            return error
+        return error.redacted(*public_words(error.kind, error.message, error.suggestion, self._config))
+
+    def raw(self, context: RequestContext, error: ProxyError) -> bytes:
+        """
+        C{error} as a whole response in bytes, as its client may read it
+        (for a connection closed outside twisted.web).
+        """
+        shown = self.view(context.request, error)
+        return raw_error(shown.kind, shown.message, shown.details(), context.request_id)
 
     def internal_error(self, context: RequestContext, failure: Failure, attempts: int) -> None:
         self.log.failure(
@@ -123,7 +197,6 @@ class Responder:
         if context.logged:
             return
         context.logged = True
-        upstream = upstream or self._config.upstream
         elapsed = self._clock.seconds() - context.started
         self.telemetry.request_finished(
             context.method.decode("latin-1"),
@@ -132,8 +205,9 @@ class Responder:
             error_type,
             elapsed,
             context.request_id,
-            upstream,
+            upstream or "",  # the status page names no upstream for a request never sent
         )
+        upstream = upstream or self._config.upstream
         method = context.method.decode("latin-1")
         duration_ms = round(elapsed * 1000)
         self._access.record(

@@ -14,7 +14,7 @@ from twisted.web.server import Request, Site
 
 from ._channel import ProxyChannel
 from ._config import ProxyConfig
-from ._errors import BODY_TOO_LARGE, raw_error
+from ._errors import BODY_TOO_LARGE, raw_error, sees_internals
 from ._headers import request_id_from
 
 
@@ -70,11 +70,11 @@ class ProxyRequest(Request):
     def _reject(self, config: ProxyConfig) -> None:
         self._rejected = True
         request_id = request_id_from(self.requestHeaders)
+        raise_it = ", or raise the proxy's --max-body" if sees_internals(self, config.dev) else ""
         details = {
             "attempts": 0,
             "durationMs": 0,
-            "suggestion": f"Send at most {config.max_body} bytes, or raise the proxy's --max-body.",
-            "upstream": ", ".join(config.upstreams),
+            "suggestion": f"Send at most {config.max_body} bytes{raise_it}.",
             "requestId": request_id,
             "maxBody": config.max_body,
         }

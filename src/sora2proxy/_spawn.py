@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from collections import deque
 from typing import Any
 
 from attrs import define, field
@@ -120,6 +121,9 @@ class SpawnedCommand(Service):
     @ivar spec: C{COMMAND} or C{NAME=COMMAND}.
     @ivar grace: seconds between SIGTERM and SIGKILL on stop.
     @ivar backoff: first wait before a restart; doubles up to C{max_backoff}.
+    @ivar last_exit: how the child last exited (C{status 1}, C{signal 9}).
+    @ivar exited_at: when it last exited.
+    @ivar restart_at: when it starts again, while a restart is pending.
     """
 
     log = Logger()
@@ -137,6 +141,10 @@ class SpawnedCommand(Service):
     _restart: IDelayedCall | None = field(default=None, init=False)
     _started_at: float = field(default=0.0, init=False)
     _failures: int = field(default=0, init=False)
+    last_exit: str | None = field(default=None, init=False)
+    exited_at: float | None = field(default=None, init=False)
+    restart_at: float | None = field(default=None, init=False)
+    _output: deque[str] = field(factory=lambda: deque(maxlen=3), init=False)
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -149,12 +157,27 @@ class SpawnedCommand(Service):
         """
         return None if self._transport is None else self._transport.pid
 
+    @property
+    def alive(self) -> bool:
+        """
+        Whether the child runs now.
+        """
+        return self._transport is not None
+
+    @property
+    def last_output(self) -> tuple[str, ...]:
+        """
+        Its last few output lines (they are in the proxy's log, tagged with its name).
+        """
+        return tuple(self._output)
+
     def startService(self) -> None:
         Service.startService(self)
         self._start()
 
     def _start(self) -> None:
         self._restart = None
+        self.restart_at = None
         self._child = _Child(self)
         self._started_at = self._reactor.seconds()
         argv = [sys.executable, "-c", SUPERVISOR, self.command, str(self.grace)]
@@ -165,6 +188,7 @@ class SpawnedCommand(Service):
         """
         A line the child printed, logged under its name.
         """
+        self._output.append(line[:200])
         self.log.info("[{name}] {line}", name=self.name, line=line)
 
     def ended(self, code: int | None, signal: int | None) -> None:
@@ -173,6 +197,7 @@ class SpawnedCommand(Service):
         """
         self._transport = None
         how = f"signal {signal}" if signal else f"status {code}"
+        self.last_exit, self.exited_at = how, self._reactor.seconds()
         if not self.running:
             self.log.info("[{name}] stopped ({how})", name=self.name, how=how)
             return
@@ -184,6 +209,7 @@ class SpawnedCommand(Service):
         self.log.warn(
             "[{name}] exited ({how}); restarting in {delay:g} s", name=self.name, how=how, delay=delay
         )
+        self.restart_at = self.exited_at + delay
         self._restart = self._reactor.callLater(delay, self._start)
 
     def stopService(self) -> Deferred[None]:

@@ -274,7 +274,8 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
         for spec in config.spawn:
             SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
         return top
-    proxy = build_proxy(config, reactor)
+    children = [SpawnedCommand(spec, reactor) for spec in config.spawn]
+    proxy = build_proxy(config, reactor, children=children)
     if config.admin_listen is not None:
         # Klein imports the global reactor: only here, after twistd installed it.
         from ._admin import Admin
@@ -283,8 +284,8 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
         endpoint = serverFromString(reactor, config.admin_listen)
         admin_site = QuietSite(admin.resource(), reactor=reactor)
         StreamServerEndpointService(endpoint, admin_site).setServiceParent(top)
-    for spec in config.spawn:
-        SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+    for child in children:
+        child.setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor)
