@@ -6,12 +6,12 @@ time a client may take to send its headers (408, against slowloris).  Twisted
 C{Transfer-Encoding}, repeated or invalid C{Content-Length}) with 400 and
 answers pipelined requests in order.
 
-On top of Twisted's parsing, a head is refused with 400 at once (never left
-to the header timeout) when a line ends in a bare LF or holds a bare CR, when
-C{Host} is missing (HTTP/1.1), repeated or not a host and port (RFC 9112
-section 3.2), and when a chunk size does not fit in 64 bits; request headers
-whose names hold C{_} are dropped, as nginx does (C{underscores_in_headers
-off}), unless C{allow_underscore_headers}.
+On top of Twisted's parsing (which refuses a bare CR or LF inside a line), a
+head is refused with 400 at once (never left to the header timeout) when its
+lines end in a bare LF, when C{Host} is missing (HTTP/1.1), repeated or not a
+host and port (RFC 9112 section 3.2), and when a chunk size does not fit in
+64 bits; request headers whose names hold C{_} are dropped, as nginx does
+(C{underscores_in_headers off}), unless C{allow_underscore_headers}.
 """
 
 from __future__ import annotations
@@ -116,9 +116,6 @@ class ProxyChannel(HTTPChannel):
                 HEADERS_TOO_LARGE,
                 f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them.",
             )
-            return
-        if b"\r" in line or b"\n" in line:
-            self._refuse(BAD_REQUEST, "A request head line holds a bare CR or LF; lines end in CRLF.")
             return
         super().lineReceived(line)  # type: ignore[no-untyped-call]
 
