@@ -168,6 +168,21 @@ def wait(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
+@inlineCallbacks
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """
+    Wait, letting the reactor run, until C{check()} is true; fail after
+    C{timeout} seconds.  For a test over sockets that waits for an event (a
+    line written, a connection closed) rather than for a fixed time.
+    """
+    deadline = reactor.seconds() + timeout
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {check}")
+        yield wait(0.005)
+    return True
+
+
 class MemoryHarness:
     """
     The proxy resource on a Clock, its upstream a twisted.web resource behind
