@@ -15,7 +15,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from sora2proxy._tap import Options
 
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor
 
@@ -55,6 +57,16 @@ def status_of(answer: bytes) -> int:
 
 def body_of(answer: bytes) -> Any:
     return json_of(answer.split(b"\r\n\r\n", 1)[1])
+
+
+class OptionTests(SynchronousTestCase):
+    def test_allow_underscore_headers_option(self) -> None:
+        """Underscore headers are dropped unless --allow-underscore-headers is given."""
+        for argv, allowed in (([], False), (["--allow-underscore-headers"], True)):
+            options = Options(environ={})
+            options.parseOptions(argv)
+            assert options.config is not None
+            self.assertIs(options.config.allow_underscore_headers, allowed)
 
 
 class HeadersOverSockets(LoopbackMixin, TestCase):
