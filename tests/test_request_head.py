@@ -17,6 +17,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from sora2proxy import ProxyConfig, build_proxy
+from sora2proxy._site import QuietSite
 from sora2proxy._tap import Options
 
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor
@@ -103,6 +105,25 @@ class HeadersOverSockets(LoopbackMixin, TestCase):
         self.assertEqual(seen.getRawHeaders(b"x_request_id"), [b"evil-id"])
         self.assertEqual(seen.getRawHeaders(b"x_forwarded_proto"), [b"https"])
         self.assertEqual(seen.getRawHeaders(b"x_forwarded_host"), [b"evil.example"])
+
+    @inlineCallbacks
+    def test_embedded_proxy_drops_them_too(self) -> Any:
+        """A proxy mounted in an application's own Site drops them too, and keeps them when the config allows."""
+        for allowed in (False, True):
+            upstream = RecordingUpstream()
+            _, url = self.start_upstream(upstream)
+            config = ProxyConfig(upstream=url, health_path="", allow_underscore_headers=allowed)
+            proxy = build_proxy(config, reactor)
+            proxy.service.startService()
+            self.addCleanup(proxy.service.stopService)
+            port = reactor.listenTCP(0, QuietSite(proxy.resource), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            request = b"GET /api/proxy/a HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + UNDERSCORED + b"\r\n"
+            answer = yield exchange(f"http://127.0.0.1:{port.getHost().port}", request)
+            self.assertEqual(status_of(answer), 200, answer)
+            seen = upstream.seen[0].headers
+            self.assertEqual(seen.getRawHeaders(b"x_forwarded_host"), [b"evil.example"] if allowed else None)
+            self.assertEqual(seen.getRawHeaders(b"x-forwarded-host"), [b"p"])
 
     @inlineCallbacks
     def test_bad_host_refused(self) -> Any:
