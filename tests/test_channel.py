@@ -166,6 +166,8 @@ class HeadRefusalTests(SynchronousTestCase):
         self.assertTrue(answer.endswith(b"\r\n\r\nhost,x-ok|"), answer)
         answer, _ = sent(head, allow_underscore_headers=True)
         self.assertTrue(answer.endswith(b"\r\n\r\nhost,x-a_b,x-ok,x_forwarded_host|"), answer)
+        answer, _ = sent(b"GET / HTTP/1.1\r\nHost: p\r\nX_no_colon\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)  # a malformed line is not just dropped
 
 
 class WorkerEndpointTests(SynchronousTestCase):

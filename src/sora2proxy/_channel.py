@@ -134,10 +134,15 @@ class ProxyChannel(HTTPChannel):
         if problem is not None:
             self._refuse(BAD_REQUEST, problem)
             return
-        if not self.allow_underscore_headers:
-            for name in [name for name, _ in headers.getAllRawHeaders() if b"_" in name]:
-                headers.removeHeader(name)
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def headerReceived(self, line: bytes) -> bool:
+        if b"_" in line and not self.allow_underscore_headers:
+            name, colon, _ = line.partition(b":")
+            if colon and b"_" in name:
+                return True  # dropped, as nginx does: CGI and WSGI read X_A as X-A
+        ok: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
+        return ok
 
     def rawDataReceived(self, data: bytes) -> None:
         if not self._refused:

@@ -47,6 +47,8 @@ _HOST = re.compile(
     rb"\A(?:(?P<name>(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)|\[(?P<ip6>[0-9A-Fa-f:.]+)\])"
     rb"(?::[0-9]{0,5})?\Z"
 )
+#: The common case, matched first: a name or IPv4 address and a port.
+_PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")
 
 
 def valid_host(value: bytes) -> bool:
@@ -54,6 +56,8 @@ def valid_host(value: bytes) -> bool:
     @return: whether C{value} is a valid C{Host}: a host and an optional port,
         nothing else (no path, query, user info or whitespace).
     """
+    if _PLAIN_HOST.fullmatch(value):
+        return True
     match = _HOST.match(value)
     if match is None:
         return False
