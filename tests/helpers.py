@@ -169,16 +169,19 @@ def wait(seconds: float) -> Deferred[None]:
 
 
 @inlineCallbacks
-def until(check: Any, seconds: float = 10, what: str = "the condition") -> Any:
+def eventually(check: Any, timeout: float = 10.0, what: str = "the condition") -> Any:
     """
-    Wait (on the reactor, polling every 10 ms) until C{check()} is true;
-    fail the test after C{seconds}.  For events with no Deferred to wait on.
+    Wait, letting the reactor run (polling every 5 ms), until C{check()} is
+    true; fail the test after C{timeout} seconds.  For a test over sockets
+    that waits for an event (a line written, a connection closed, a health
+    check seen) rather than for a fixed time.
     """
-    deadline = reactor.seconds() + seconds
+    deadline = reactor.seconds() + timeout
     while not check():
         if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} did not happen within {seconds} s")
-        yield wait(0.01)
+            raise AssertionError(f"{what} did not happen within {timeout} s: {check}")
+        yield wait(0.005)
+    return True
 
 
 class MemoryHarness:

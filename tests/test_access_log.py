@@ -15,7 +15,15 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ProxyConfig
-from sora2proxy._access_log import FLUSH_EVERY, FLUSH_LINES, FileSink, LoggerSink, NoSink, access_sink
+from sora2proxy._access_log import (
+    FLUSH_EVERY,
+    FLUSH_LINES,
+    FileSink,
+    LoggerSink,
+    NoSink,
+    access_sink,
+    escaped,
+)
 from sora2proxy._config import ConfigError
 
 from .helpers import MemoryHarness, RecordingUpstream
@@ -94,6 +102,26 @@ class FileSinkTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as raised:
             ProxyConfig(access_log="/no/such/dir/access.log")
         self.assertIn("--access-log", str(raised.exception))
+
+
+class EscapingTests(SynchronousTestCase):
+    def test_controls_escaped(self) -> None:
+        """C0, DEL, C1 (U+0085 included), U+2028/U+2029 and the backslash are written as escapes."""
+        self.assertEqual(
+            escaped("/a\x00b\x1fc\x7fd\x80e\x85f\x9fg"), "/a\\x00b\\x1fc\\x7fd\\x80e\\x85f\\x9fg"
+        )
+        self.assertEqual(escaped("a\u2028b\u2029c\\d"), "a\\u2028b\\u2029c\\x5cd")
+        self.assertEqual(escaped("a\rb\nc\x1c\x1d\x1e"), "a\\x0db\\x0ac\\x1c\\x1d\\x1e")
+
+    def test_printable_kept(self) -> None:
+        """Printable text, Latin-1 letters and NBSP included, is kept as is."""
+        for text in ("/api/proxy/jobs?n=1&q=%2F", "caf\u00e9 \u00a0\u00ff", ""):
+            self.assertEqual(escaped(text), text)
+
+    def test_no_line_break_survives(self) -> None:
+        """No character that splitlines() breaks on survives escaping."""
+        every = "".join(chr(c) for c in range(0x3000))
+        self.assertEqual(escaped(every).splitlines(), [escaped(every)])
 
 
 class AccessFileProcessTests(SynchronousTestCase):

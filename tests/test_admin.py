@@ -27,8 +27,9 @@ from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._admin import Admin
 from sora2proxy._site import ProxySite, QuietSite
 
-from .helpers import LoopbackMixin, RecordingUpstream, json_of, reactor, refused_port, until, wait
-from .test_cli import BIN, Child, eventually, get, start_backend, start_proxy_process
+from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor, refused_port, wait
+from .test_cli import BIN, Child, get, start_backend, start_proxy_process
+from .test_cli import eventually as blocking_eventually
 
 
 def health(proxy: Any, index: int = 0) -> str:
@@ -59,18 +60,18 @@ class AdminTests(LoopbackMixin, TestCase):
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         _, admin, proxy = self.setup_all(url, health_interval=0.1)
-        yield until(lambda: health(proxy) == "up", what="the first health check")
+        yield eventually(lambda: health(proxy) == "up", what="the first health check")
         response, content = yield self.fetch(b"GET", admin + "/health")
         self.assertEqual((response.code, json_of(content)), (200, {"status": "alive"}))
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 200)
         upstream.health = "down"
-        yield until(lambda: health(proxy) == "down", what="the upstream seen down")
+        yield eventually(lambda: health(proxy) == "down", what="the upstream seen down")
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 503)
         self.assertEqual(json_of(content)["available"], [])
         upstream.health = "ok"
-        yield until(lambda: health(proxy) == "up", what="the upstream seen up again")
+        yield eventually(lambda: health(proxy) == "up", what="the upstream seen up again")
         proxy.telemetry.draining = True
         response, content = yield self.fetch(b"GET", admin + "/ready")
         self.assertEqual(response.code, 503)
@@ -83,7 +84,7 @@ class AdminTests(LoopbackMixin, TestCase):
         _, url = self.start_upstream(upstream)
         dead = f"http://127.0.0.1:{refused_port()}/api"
         public, admin, proxy = self.setup_all((url, dead), health_interval=0.1, backoff=0.01)
-        yield until(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
+        yield eventually(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
         for _ in range(3):
             yield self.fetch(b"GET", public + "/api/proxy/a")
         yield self.fetch(b"GET", public + "/elsewhere")
@@ -128,7 +129,7 @@ class AdminTests(LoopbackMixin, TestCase):
         _, url = self.start_upstream(upstream)
         dead = f"http://127.0.0.1:{refused_port()}/api"
         public, admin, proxy = self.setup_all((url, dead), health_interval=0.1)
-        yield until(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
+        yield eventually(lambda: (health(proxy, 0), health(proxy, 1)) == ("up", "down"), what="both checked")
         for _ in range(3):
             yield self.fetch(b"GET", public + "/nowhere?access_token=s3cret")
         response, content = yield self.fetch(b"GET", admin + "/status.json")
@@ -273,13 +274,13 @@ class BrowserTests(SynchronousTestCase):
         )  # fmt: skip
         admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
         status = f"http://127.0.0.1:{admin_port}/status"
-        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
+        self.assertTrue(blocking_eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
         dom = dump_dom(status)
         self.assertIn("sora2proxy", dom)
         self.assertIn('data-health="up"', dom)
         self.assertIn(f"127.0.0.1:{backend_port}", dom)
         backend.stop()
-        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["down"], seconds=10))
+        self.assertTrue(blocking_eventually(lambda: upstream_healths(admin_port) == ["down"], seconds=10))
         dom = dump_dom(status)
         self.assertIn('data-health="down"', dom)
         self.assertIn("connection refused", dom)
@@ -418,14 +419,16 @@ class ProcessTests(SynchronousTestCase):
         )  # fmt: skip
         admin_port = proxy.wait_for(r"QuietSite starting on (\d+)").group(1)
         port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
-        self.assertTrue(eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
+        self.assertTrue(blocking_eventually(lambda: upstream_healths(admin_port) == ["up"], seconds=10))
         self.assertEqual(get(f"http://127.0.0.1:{admin_port}/ready")[0], 200)
         answers: list[Any] = []
         slow = threading.Thread(target=lambda: answers.append(get(f"http://127.0.0.1:{port}/api/proxy/slow")))
         slow.start()
-        self.assertTrue(eventually(lambda: status_data(admin_port)["inFlight"] == 1, seconds=10))
+        self.assertTrue(blocking_eventually(lambda: status_data(admin_port)["inFlight"] == 1, seconds=10))
         os.kill(proxy.process.pid, signal.SIGTERM)
-        self.assertTrue(eventually(lambda: get(f"http://127.0.0.1:{admin_port}/ready")[0] == 503, seconds=10))
+        self.assertTrue(
+            blocking_eventually(lambda: get(f"http://127.0.0.1:{admin_port}/ready")[0] == 503, seconds=10)
+        )
         ready = get(f"http://127.0.0.1:{admin_port}/ready")
         self.assertEqual(ready[0], 503)
         self.assertTrue(json.loads(ready[2])["draining"])

@@ -52,6 +52,9 @@ class TargetPolicyTests(SynchronousTestCase):
             b"/api/proxy/a\\..\\x", b"/api/proxy/a%5c..%5cx", b"/api/proxy//evil.test/x",
             b"/api/proxy/a\x00b", b"/api/proxy/a\x7fb", b"/api/proxy/caf\xc3\xa9", b"/api/proxy/a b",
             b"*", b"evil.test:443", b"http://evil.test/../x",
+            b"/api/proxy/..;/x", b"/api/proxy/.;/x", b"/api/proxy/%2e%2e;/x", b"/api/proxy/..%3b/x",
+            b"/api/proxy/..%3B/x", b"/api/proxy/.%2e;/x", b"/api/proxy/%2E%2E;x=1/y", b"/api/proxy/a/..;",
+            b"/api/proxy/%252e%252e%253b/x",
         ):  # fmt: skip
             self.assertIsInstance(check_target(b"GET", target), TargetRefused, target)
         self.assertIsInstance(check_target(b"CONNECT", b"evil.test:443"), TargetRefused)
@@ -59,7 +62,8 @@ class TargetPolicyTests(SynchronousTestCase):
     def test_kept(self) -> None:
         """Ordinary targets pass unchanged; absolute-form is reduced to its path."""
         for target in (b"/api/proxy/videos?x=%2F&y=..", b"/api/proxy/a%2Fb", b"/api/proxy/@evil.test/x",
-                       b"/api/proxy/...", b"/api/proxy/a.b/c", b"/api/proxy/"):  # fmt: skip
+                       b"/api/proxy/...", b"/api/proxy/a.b/c", b"/api/proxy/", b"/api/proxy/a;v=1/b",
+                       b"/api/proxy/...;/x", b"/api/proxy/.a;/x"):  # fmt: skip
             self.assertEqual(check_target(b"GET", target), target)
         self.assertEqual(check_target(b"GET", b"http://evil.test:8080/api/proxy/x?q=1"), b"/api/proxy/x?q=1")
         self.assertEqual(check_target(b"GET", b"http://evil.test?q=1"), b"/?q=1")

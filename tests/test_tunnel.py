@@ -25,7 +25,7 @@ from zope.interface import implementer
 from sora2proxy._retry import RetryPolicy
 from sora2proxy._websocket import ABORT_AFTER, Tunnel
 
-from .helpers import LoopbackMixin, reactor, until
+from .helpers import LoopbackMixin, eventually, reactor
 from .test_fidelity import Raw
 
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
@@ -278,14 +278,14 @@ class TunnelLimitTests(LoopbackMixin, TestCase):
         self.assertEqual(json.loads(body)["details"]["errorType"], "OVERLOADED")
         first.transport.loseConnection()
         yield first.closed
-        yield until(lambda: p.telemetry.in_flight == 1, what="the closed tunnel's slot freed")
+        yield eventually(lambda: p.telemetry.in_flight == 1, what="the closed tunnel's slot freed")
         third = yield self.open_tunnel(proxy)
         third.transport.write(b"\x81\x82" + b"\x00\x00\x00\x00" + b"hi")  # a masked text frame, mask 0
         echoed = yield third.wait_for(b"\x81\x02hi")
         self.assertTrue(echoed.endswith(b"\x81\x02hi"))
         for client in (second, third, refused):
             client.transport.loseConnection()
-        yield until(lambda: p.telemetry.in_flight == 0 and upstream.open == 0, what="tunnels closed")
+        yield eventually(lambda: p.telemetry.in_flight == 0 and upstream.open == 0, what="tunnels closed")
 
     @inlineCallbacks
     def test_idle_tunnel_closed(self) -> Any:
@@ -294,7 +294,7 @@ class TunnelLimitTests(LoopbackMixin, TestCase):
         proxy, p = self.start_proxy(upstream=upstream.url, health_path="", tunnel_idle_timeout=0.5)
         client = yield self.open_tunnel(proxy)
         opened = reactor.seconds()
-        yield until(lambda: upstream.open == 1, what="the upstream's connection")
+        yield eventually(lambda: upstream.open == 1, what="the upstream's connection")
         yield client.closed.addTimeout(10, reactor)
         self.assertGreaterEqual(reactor.seconds() - opened, 0.5)
-        yield until(lambda: p.telemetry.in_flight == 0 and upstream.open == 0, what="both sides closed")
+        yield eventually(lambda: p.telemetry.in_flight == 0 and upstream.open == 0, what="both sides closed")

@@ -159,20 +159,28 @@ def body_of(request: Request, cooperator: Cooperator) -> ReplayableBody | None:
 
 
 def forwarded_headers(
-    request: Request, request_id: str, secure: bool, preserve_host: bool = False
+    request: Request,
+    request_id: str,
+    secure: bool,
+    preserve_host: bool = False,
+    allow_underscore: bool = False,
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers, in order,
     with C{X-Request-ID}, C{X-Forwarded-*}, C{Forwarded} and C{Via} set (the
     last three appended to what the client sent); C{Host} is the upstream's
-    (set by the HTTP client from the URL) unless C{preserve_host}.
+    (set by the HTTP client from the URL) unless C{preserve_host}.  Names
+    holding C{_} are left out unless C{allow_underscore} (a C{ProxySite}
+    drops them already; this covers a proxy served from any other site).
     """
     source = request.requestHeaders
     named = connection_named(source)
     fields: Fields = {}
     for name, values in source.getAllRawHeaders():
         lower = name.lower()
-        if lower not in HOP_BY_HOP and lower not in _NOT_COPIED and not (named and lower in named):
+        if lower in HOP_BY_HOP or lower in _NOT_COPIED or (named and lower in named):
+            continue
+        if allow_underscore or b"_" not in lower:
             fields[lower] = (name, list(values))
 
     def append(lower: bytes, name: bytes, value: bytes) -> None:

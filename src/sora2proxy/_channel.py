@@ -5,6 +5,13 @@ time a client may take to send its headers (408, against slowloris).  Twisted
 (24.7 and later) itself refuses ambiguous framing (C{Content-Length} with
 C{Transfer-Encoding}, repeated or invalid C{Content-Length}) with 400 and
 answers pipelined requests in order.
+
+On top of Twisted's parsing (which refuses a bare CR or LF inside a line), a
+head is refused with 400 at once (never left to the header timeout) when its
+lines end in a bare LF, when C{Host} is missing (HTTP/1.1), repeated or not a
+host and port (RFC 9112 section 3.2), and when a chunk size does not fit in
+64 bits; request headers whose names hold C{_} are dropped, as nginx does
+(C{underscores_in_headers off}), unless C{allow_underscore_headers}.
 """
 
 from __future__ import annotations
@@ -12,12 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
 
 from ._eager import send_now
-from ._errors import ErrorKind, raw_error
-from ._headers import new_request_id
+from ._errors import BAD_REQUEST, ErrorKind, raw_error
+from ._headers import new_request_id, valid_host
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
 HEADERS_TOO_LARGE = ErrorKind("HEADERS_TOO_LARGE", 431, "Request headers too large")
@@ -29,6 +36,24 @@ MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 100
 #: Most bytes of request line plus headers.
 MAX_HEAD_BYTES = 32768
+#: Most significant hex digits of a chunk size (a size that fits in 64 bits).
+MAX_CHUNK_DIGITS = 16
+
+
+class StrictChunkedDecoder(_ChunkedTransferDecoder):
+    """
+    Twisted's chunked decoder, refusing a chunk size that does not fit in 64
+    bits (RFC 9112 section 7.1: recipients guard against overflow), which
+    Twisted would otherwise wait on for ever.
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        end = self._buffer.find(b"\r\n", self._start)
+        line = self._buffer if end < 0 else self._buffer[:end]
+        size = line.split(b";", 1)[0]
+        if len(size.lstrip(b"0")) > MAX_CHUNK_DIGITS:
+            raise _MalformedChunkedDataError("Chunk size does not fit in 64 bits.")
+        return super()._dataReceived_CHUNK_LENGTH()
 
 
 class ProxyChannel(HTTPChannel):
@@ -40,6 +65,7 @@ class ProxyChannel(HTTPChannel):
     """
 
     header_timeout = 10.0
+    allow_underscore_headers = False
     totalHeadersSize = MAX_HEAD_BYTES + 1024  # Twisted's own check stays a backstop
     maxHeaders = MAX_HEADERS + 10
 
@@ -56,6 +82,9 @@ class ProxyChannel(HTTPChannel):
         if self._refused:
             return
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+        if self.line_mode and b"\n" in getattr(self, "_buffer", b"") and not self._refused:
+            self._refuse(BAD_REQUEST, "A request head line ends in a bare LF; lines end in CRLF.")
+            return
         # The timer runs only while a request head is incomplete: a head that
         # arrives whole (the common case) never costs a DelayedCall.
         if self._head_timer is None and self.header_timeout and self._head_pending() and not self._refused:
@@ -100,7 +129,35 @@ class ProxyChannel(HTTPChannel):
         self._head_lines = 0
         self._head_bytes = 0
         self._cancel_timer()
+        headers = self.requests[-1].requestHeaders
+        problem = _host_problem(headers.getRawHeaders(b"host"), getattr(self, "_version", b""))
+        if problem is not None:
+            self._refuse(BAD_REQUEST, problem)
+            return
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def headerReceived(self, line: bytes) -> bool:
+        if b"_" in line and not self.allow_underscore_headers:
+            name, colon, _ = line.partition(b":")
+            if colon and b"_" in name:
+                return True  # dropped, as nginx does: CGI and WSGI read X_A as X-A
+        ok: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
+        return ok
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        chosen: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[no-untyped-call]
+        decoder = self._transferDecoder
+        if type(decoder) is _ChunkedTransferDecoder:
+            self._transferDecoder = StrictChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+        return chosen
 
     def _cancel_timer(self) -> None:
         if self._head_timer is not None and self._head_timer.active():
@@ -151,3 +208,19 @@ class ProxyChannel(HTTPChannel):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+
+def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
+    """
+    @return: why a request's C{Host} headers are refused (RFC 9112 section
+        3.2), or L{None}.
+    """
+    if not hosts:
+        if version == b"HTTP/1.1":
+            return "An HTTP/1.1 request must carry a Host header."
+        return None
+    if len(hosts) > 1:
+        return "The request carries more than one Host header."
+    if not valid_host(hosts[0]):
+        return "The Host header must be a host name or address and an optional port, nothing else."
+    return None

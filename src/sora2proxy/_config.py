@@ -241,6 +241,8 @@ class ProxyConfig:
     @ivar eject_time: first cool-down of an ejected upstream, in seconds.
     @ivar max_body: largest request body forwarded, in bytes (413 above).
     @ivar preserve_host: send the client's C{Host} upstream, not the upstream's.
+    @ivar allow_underscore_headers: keep request headers whose names hold
+        C{_} (dropped by default, as nginx does).
     @ivar upstream_ca: a PEM file of CA certificates trusted for https
         upstreams instead of the system's store.
     @ivar admin_listen: the admin port's endpoint, or L{None} for none.
@@ -291,6 +293,7 @@ class ProxyConfig:
     eject_time: float = field(default=30.0, validator=_positive)
     max_body: int = field(default=100 * 1024 * 1024, validator=_whole_not_negative)
     preserve_host: bool = False
+    allow_underscore_headers: bool = False
     upstream_ca: str | None = field(default=None, validator=_valid_ca)
     admin_listen: str | None = field(default="tcp:9901:interface=127.0.0.1", validator=_valid_optional_text)
     spawn: tuple[str, ...] = field(default=(), converter=tuple)

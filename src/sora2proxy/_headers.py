@@ -7,6 +7,7 @@ This module imports nothing of the package.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Sequence
@@ -38,6 +39,36 @@ SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length", b"expec
 VIA = b"1.1 sora2proxy"
 
 _REQUEST_ID_SHAPE = re.compile(rb"\A[A-Za-z0-9._:@/+=-]{1,128}\Z")
+
+
+#: C{Host} (RFC 9110 section 7.2): a reg-name or IPv4 address (RFC 3986
+#: section 3.2.2), or an IPv6 literal in brackets, and an optional port.
+_HOST = re.compile(
+    rb"\A(?:(?P<name>(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)|\[(?P<ip6>[0-9A-Fa-f:.]+)\])"
+    rb"(?::[0-9]{0,5})?\Z"
+)
+#: The common case, matched first: a name or IPv4 address and a port.
+_PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")
+
+
+def valid_host(value: bytes) -> bool:
+    """
+    @return: whether C{value} is a valid C{Host}: a host and an optional port,
+        nothing else (no path, query, user info or whitespace).
+    """
+    if _PLAIN_HOST.fullmatch(value):
+        return True
+    match = _HOST.match(value)
+    if match is None:
+        return False
+    ip6 = match.group("ip6")
+    if ip6 is None:
+        return True
+    try:
+        ipaddress.IPv6Address(ip6.decode("ascii"))
+    except ValueError:
+        return False
+    return True
 
 
 def new_request_id() -> str:

@@ -11,8 +11,9 @@ whatever the upstream decodes.
 - bytes outside printable ASCII (controls, NUL, DEL, non-ASCII) are refused:
   clients percent-encode them;
 - a path segment that is C{.} or C{..} once percent-decoded (any number of
-  times: C{%2e}, C{%252e}...), or that holds a backslash (C{\\}, C{%5c}),
-  or an empty segment (C{//}) is refused;
+  times: C{%2e}, C{%252e}...), also with path parameters (C{..;x}, C{.;},
+  C{..%3b}: Tomcat and Spring drop the parameters and read C{..}), or that
+  holds a backslash (C{\\}, C{%5c}), or an empty segment (C{//}) is refused;
 - C{%2F} is kept as sent (the proxy does not treat it as a separator and
   does not decode it), but a segment whose decoding holds C{./} or C{../}
   pieces is refused, so a backend that decodes C{%2F} cannot be walked
@@ -79,8 +80,9 @@ def check_target(method: bytes, target: bytes) -> bytes | TargetRefused:
         if b"\\" in decoded:
             return TargetRefused("Backslashes are not allowed in the path.")
         pieces = decoded.split(b"/")
-        if any(piece in (b".", b"..") for piece in pieces):
+        if any(piece.split(b";", 1)[0] in (b".", b"..") for piece in pieces):
             return TargetRefused(
-                "Dot segments ('.', '..', also percent-encoded) are not allowed in the path."
+                "Dot segments ('.', '..', also percent-encoded or with ';' parameters) "
+                "are not allowed in the path."
             )
     return target

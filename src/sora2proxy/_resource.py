@@ -199,7 +199,11 @@ class ProxyResource:
             request.method,
             target.rest + target.query,
             forwarded_headers(
-                request, context.request_id, bool(request.isSecure()), self._config.preserve_host
+                request,
+                context.request_id,
+                bool(request.isSecure()),
+                self._config.preserve_host,
+                self._config.allow_underscore_headers,
             ),
             body_of(request, self._cooperator),
             first,
@@ -266,7 +270,10 @@ class ProxyResource:
             return
         url = upstream.base + rest
         secure = bool(request.isSecure())
-        headers = forwarded_headers(request, context.request_id, secure, self._config.preserve_host)
+        config = self._config
+        headers = forwarded_headers(
+            request, context.request_id, secure, config.preserve_host, config.allow_underscore_headers
+        )
 
         def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:
             message = f"The API backend at {upstream.url} failed the WebSocket handshake: {reason}."

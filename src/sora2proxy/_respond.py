@@ -20,7 +20,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from ._access_log import AccessSink, access_sink
+from ._access_log import AccessSink, access_sink, escaped
 from ._config import ProxyConfig
 from ._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
@@ -208,20 +208,23 @@ class Responder:
             upstream or "",  # the status page names no upstream for a request never sent
         )
         upstream = upstream or self._config.upstream
-        method = context.method.decode("latin-1")
+        # Every text field escaped: the method and path are the client's bytes.
+        method = escaped(context.method.decode("latin-1"))
+        path = escaped(context.path)
+        error_type = escaped(error_type)
+        request_id = escaped(context.request_id)
         duration_ms = round(elapsed * 1000)
         self._access.record(
-            f"{method} {context.path} {status} tries={tries} {duration_ms}ms {error_type} "
-            f"id={context.request_id}",
+            f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
             {
                 "method": method,
-                "path": context.path,
+                "path": path,
                 "status": status,
                 "tries": tries,
                 "duration_ms": duration_ms,
                 "error_type": error_type,
-                "request_id": context.request_id,
-                "upstream": upstream,
+                "request_id": request_id,
+                "upstream": escaped(upstream),
             },
         )
 

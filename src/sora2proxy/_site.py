@@ -120,4 +120,5 @@ class ProxySite(QuietSite):
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         channel.header_timeout = self.config.header_timeout
+        channel.allow_underscore_headers = self.config.allow_underscore_headers
         return channel

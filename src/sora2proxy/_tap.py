@@ -54,6 +54,7 @@ class Options(usage.Options):
         ["dev", None, "Show tracebacks in 500 error bodies (never otherwise)."],
         ["jitter", None, "Full jitter: each backoff wait is uniform in [0, BACKOFF*k]."],
         ["preserve-host", None, "Send the client's Host header upstream instead of the upstream's."],
+        ["allow-underscore-headers", None, "Forward request headers whose names hold '_' (dropped)."],
         ["idempotency-fail-closed", None, "Answer 503 when the idempotency store cannot be reached."],
         [
             "retry-all-methods",
@@ -217,6 +218,7 @@ class Options(usage.Options):
             eject_time=_number("--eject-time", self["eject-time"]),
             max_body=_number("--max-body", self["max-body"], int),
             preserve_host=bool(self["preserve-host"]),
+            allow_underscore_headers=bool(self["allow-underscore-headers"]),
             upstream_ca=self["upstream-ca"],
             admin_listen=None if self["admin-listen"] in ("none", "") else self["admin-listen"],
             spawn=tuple(self["spawn"]),
