@@ -137,8 +137,8 @@ class IdempotencyOverSockets(LoopbackMixin, TestCase):
 
     @inlineCallbacks
     def test_store_flood(self) -> Any:
-        """A flood of fresh keys from one caller leaves a victim's stored answer and in-flight job intact."""
-        proxy, upstream = self.setup()
+        """1,100 fresh keys from one caller, past a 500-entry store, leave a victim's stored answer and in-flight job intact."""
+        proxy, upstream = self.setup(idempotency_max_entries=500)
         victim = Headers({b"idempotency-key": [b"paid"], b"x-api-key": [b"victim"]})
         _, paid = yield self.fetch(b"POST", proxy + "/videos/fast", b"{}", victim)
         slow = Headers({b"idempotency-key": [b"slow"], b"x-api-key": [b"victim"]})
@@ -156,7 +156,7 @@ class IdempotencyOverSockets(LoopbackMixin, TestCase):
             yield readBody(response)
             return response.code
 
-        for batch in range(0, 1100, 20):  # past the default 1,000 entries a caller keeps
+        for batch in range(0, 1100, 20):  # past the store's 500 and a caller's default 1,000
             codes = yield gatherResults([flood(i) for i in range(batch, batch + 20)])
             self.assertEqual(set(codes), {201})
         response, body = yield self.fetch(b"POST", proxy + "/videos/fast", b"{}", victim)
