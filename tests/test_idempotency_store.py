@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -123,3 +125,58 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(h.post("a3", X_Api_Key="alice")).code, 503)
         h.post("b1", X_Api_Key="bob")
         self.assertEqual(len(h.upstream.calls), 3)
+
+
+class RandomOperationTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["claim"] * 4 + ["complete"] * 3 + ["release", "advance"]),
+                st.sampled_from(["a", "b", "c"]),
+                st.integers(0, 5),
+            ),
+            max_size=80,
+        )
+    )
+    def test_bounds_hold(self, operations: list[tuple[str, str, int]]) -> None:
+        """Whatever callers do, the store keeps its bounds and never loses a claim it did not release or expire."""
+        clock = Clock()
+        store = MemoryStore(clock, max_entries=6, max_bytes=250, max_per_caller=3)
+        claims: dict[str, float] = {}  # the model: claims granted, by key, with their expiry
+        for operation, caller, n in operations:
+            key = f"{caller}{n}"
+            if operation == "claim":
+                result: list[object] = []
+                store.claim(caller, key, "f", 30).addBoth(result.append)
+                if result[0] is None:
+                    claims[key] = clock.seconds() + 30
+                elif not isinstance(result[0], Entry):
+                    # refused: only when every entry in the caller's share, or in the store, is a claim
+                    slots = store._slots.values()
+                    mine = [slot for slot in slots if slot.caller == caller]
+                    full = [mine] if len(mine) >= 3 else [list(slots)]
+                    self.assertTrue(all(slot.entry.response is None for slot in full[0]), operations)
+            elif operation == "complete":
+                mine = [held for held in claims if held[0] == caller]
+                if mine:  # the caller's oldest request in flight is answered, with n * 20 bytes
+                    del claims[mine[0]]
+                    body = b"x" * 20 * n
+                    store.complete(caller, mine[0], Entry("f", StoredResponse(200, b"OK", (), body)), 100)
+            elif operation == "release":
+                claims.pop(key, None)
+                store.release(caller, key)
+            elif operation == "advance":
+                clock.advance(n * 2)
+            for held, expires in list(claims.items()):
+                if expires <= clock.seconds():
+                    del claims[held]
+                    continue
+                self.assertEqual(
+                    self.successResultOf(store.claim(held[0], held, "other", 30)), Entry("f"), held
+                )
+            self.assertLessEqual(store.size(), 6)
+            self.assertLessEqual(store.stored_bytes, 250)
+            for who in "abc":
+                owned = sum(1 for k in store._slots if store._slots[k].caller == who)
+                self.assertLessEqual(owned, 3)

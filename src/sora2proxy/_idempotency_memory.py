@@ -177,11 +177,5 @@ class MemoryStore:
     def size(self) -> int:
         return len(self._slots)
 
-    def in_flight(self) -> int:
-        """
-        Claims held (requests with a key in flight).
-        """
-        return len(self._claims)
-
 
 __all__ = ["MemoryStore"]
