@@ -1,7 +1,9 @@
 """
-Idempotency-Key over real sockets: concurrent duplicates, replays, key reuse
-and credentials; and a real Redis shared by two proxy processes, stopped
-mid-run (fail open, or 503 with --idempotency-fail-closed).
+Idempotency-Key over real sockets: concurrent duplicates, replays byte-equal
+to the live answer, key reuse, callers kept apart (X-Api-Key), busy answers
+not stored, a store flood; a real Redis shared by two proxy processes, stopped
+mid-run (fail open, or 503 with --idempotency-fail-closed), and its
+per-caller bound.
 """
 
 from __future__ import annotations
