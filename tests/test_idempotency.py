@@ -19,7 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._idempotency_store import Entry, MemoryStore, StoredResponse
+from sora2proxy._idempotency_memory import MemoryStore
+from sora2proxy._idempotency_store import Entry, StoredResponse
 
 UPSTREAM = "http://backend.test:3101/api"
 
@@ -75,7 +76,9 @@ class Harness:
         sent = {name.replace("_", "-"): [value] for name, value in headers.items()}
         if key is not None:
             sent["Idempotency-Key"] = [key]
-        d = self.client.post("http://proxy.test/api/proxy" + path, data=body, headers=sent)
+        d = self.client.post(
+            "http://proxy.test/api/proxy" + path, data=body, headers=sent, allow_redirects=False
+        )
         self.flush()
         return d
 
@@ -213,6 +216,44 @@ class BehaviourTests(SynchronousTestCase):
         self.assertEqual(len(h.upstream.calls), 2)
 
 
+class StatusUpstream(Resource):
+    """Answers every request with C{status}, counting calls."""
+
+    isLeaf = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+        self.calls: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        self.calls.append(request.method)
+        request.setResponseCode(self.status)
+        if self.status in (301, 302):
+            request.setHeader(b"location", b"/elsewhere")
+        return b'{"status": %d}' % self.status
+
+
+class StorageRuleTests(SynchronousTestCase):
+    def calls_for(self, status: int) -> int:
+        upstream = StatusUpstream(status)
+        h = Harness(upstream, attempts=1)
+        for _ in range(2):
+            response = self.successResultOf(h.post("s1"))
+            self.assertEqual(response.code, status)
+        return len(upstream.calls)
+
+    def test_busy_and_gateway_answers_not_stored(self) -> None:
+        """An upstream 429, 502, 503 or 504 is not stored: the retry with the same key reaches the backend."""
+        for status in (429, 502, 503, 504):
+            self.assertEqual(self.calls_for(status), 2, status)
+
+    def test_other_answers_stored(self) -> None:
+        """A 2xx, 3xx, other 4xx or 500 is stored: the retry with the same key is a replay."""
+        for status in (200, 202, 302, 400, 404, 409, 422, 500):
+            self.assertEqual(self.calls_for(status), 1, status)
+
+
 class ScriptedAgent:
     """Tries fail as scripted (an exception, or None to hang)."""
 
@@ -275,26 +316,28 @@ class MemoryStoreTests(SynchronousTestCase):
     def test_bounds(self) -> None:
         """100,000 distinct keys leave the store within its entry and byte bounds, oldest out first."""
         clock = Clock()
-        store = MemoryStore(clock, max_entries=10_000, max_bytes=2 * 1024 * 1024)
+        store = MemoryStore(clock, max_entries=10_000, max_bytes=2 * 1024 * 1024, max_per_caller=100_000)
         answer = StoredResponse(201, b"Created", ((b"content-type", (b"application/json",)),), b"x" * 100)
         for i in range(100_000):
             key = f"key-{i}"
-            self.assertIsNone(self.successResultOf(store.claim(key, "f", 60)))
-            store.complete(key, Entry("f", answer), 3600)
+            self.assertIsNone(self.successResultOf(store.claim("c", key, "f", 60)))
+            store.complete("c", key, Entry("f", answer), 3600)
             self.assertLessEqual(store.size(), 10_000)
             self.assertLessEqual(store.stored_bytes, 2 * 1024 * 1024)
-        self.assertIsNone(self.successResultOf(store.claim("key-0", "f", 60)), "evicted long ago")
-        self.assertIsNotNone(self.successResultOf(store.claim("key-99999", "f", 60)))
+        self.assertIsNone(self.successResultOf(store.claim("c", "key-0", "f", 60)), "evicted long ago")
+        self.assertIsNotNone(self.successResultOf(store.claim("c", "key-99999", "f", 60)))
 
     def test_lru(self) -> None:
-        """A key read recently survives eviction; the least recently used goes."""
+        """A stored answer read recently survives eviction; the least recently used goes."""
         store = MemoryStore(Clock(), max_entries=2)
-        store.claim("a", "f", 60)
-        store.claim("b", "f", 60)
-        store.claim("a", "f", 60)  # touch a
-        store.claim("c", "f", 60)
-        self.assertIsNotNone(self.successResultOf(store.claim("a", "f", 60)))
-        self.assertIsNone(self.successResultOf(store.claim("b", "f", 60)))
+        answer = StoredResponse(201, b"Created", (), b"{}")
+        for key in ("a", "b"):
+            store.claim("c", key, "f", 60)
+            store.complete("c", key, Entry("f", answer), 3600)
+        store.claim("c", "a", "f", 60)  # touch a
+        store.claim("c", "c", "f", 60)
+        self.assertIsNotNone(self.successResultOf(store.claim("c", "a", "f", 60)))
+        self.assertIsNone(self.successResultOf(store.claim("c", "b", "f", 60)))
 
     def test_entry_round_trip(self) -> None:
         """An entry survives serialisation for Redis, binary body included."""

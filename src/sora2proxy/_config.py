@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -17,6 +18,8 @@ from attrs import field, frozen
 from hyperlink import URL
 
 DEFAULT_UPSTREAM = "http://localhost:3101/api"
+#: The headers that identify a caller when no C{--identity-header} is given.
+DEFAULT_IDENTITY_HEADERS = ("Authorization", "Cookie", "X-Api-Key")
 
 
 class ConfigError(ValueError):
@@ -181,6 +184,21 @@ def _valid_rules(_: object, attribute: attrs.Attribute[Any], value: tuple[str, .
             )
 
 
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _valid_identity_headers(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ConfigError("--identity-header", "needs at least one header name")
+    for name in value:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError("--identity-header", f"must be a header name (X-Api-Key), got {name!r}")
+
+
 def _valid_log_format(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in LOG_FORMATS:
         raise ConfigError("--log-format", f"must be text or json, got {value!r}")
@@ -268,6 +286,9 @@ class ProxyConfig:
     @ivar idempotency_max_bytes: bytes the memory store keeps at most.
     @ivar idempotency_fail_closed: answer 503 when the store cannot be reached.
     @ivar require_idempotency_key: C{METHOD:PATH-PATTERN}s that must carry a key.
+    @ivar idempotency_max_per_caller: entries (in flight or stored) one caller keeps at most.
+    @ivar identity_headers: the headers whose values identify a caller (the
+        client's address does when none is sent).
     """
 
     upstreams: tuple[str, ...] = field(
@@ -314,6 +335,10 @@ class ProxyConfig:
     idempotency_max_bytes: int = field(default=64 * 1024 * 1024, validator=_at_least_one)
     idempotency_fail_closed: bool = False
     require_idempotency_key: tuple[str, ...] = field(default=(), converter=tuple, validator=_valid_rules)
+    idempotency_max_per_caller: int = field(default=1000, validator=_at_least_one)
+    identity_headers: tuple[str, ...] = field(
+        default=DEFAULT_IDENTITY_HEADERS, converter=_names, validator=_valid_identity_headers
+    )
 
     @property
     def upstream(self) -> str:

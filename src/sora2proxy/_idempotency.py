@@ -3,7 +3,10 @@ Idempotency-Key at the edge (after draft-ietf-httpapi-idempotency-key-header
 and Stripe): for a POST or PATCH with a key, the first request is forwarded
 and the upstream's answer stored; a repeat gets the stored answer replayed,
 a concurrent one 409, a different request with the same key 422.  Keys are
-scoped by the caller's credentials, so a key never crosses users.
+scoped by the caller's L{Identity}, so a key never crosses from one caller
+to another.  An answer is stored once the backend has begun executing the
+request (Stripe's rule): never a 429, 502, 503 or 504, nor an error of the
+proxy's own; those release the key, so the client's retry is forwarded.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from ._errors import ErrorKind
-from ._idempotency_store import Entry, IdempotencyStore, StoredResponse, StoreUnavailable
+from ._headers import REQUEST_ID
+from ._idempotency_store import Entry, IdempotencyStore, StoredResponse, StoreFull, StoreUnavailable
+from ._identity import Identity
 
 #: Methods whose Idempotency-Key the proxy enforces.
 CHECKED_METHODS = frozenset({b"POST", b"PATCH"})
@@ -36,6 +40,10 @@ IDEMPOTENCY_KEY_REUSED = ErrorKind("IDEMPOTENCY_KEY_REUSED", 422, "Idempotency-K
 IDEMPOTENCY_STORE_UNAVAILABLE = ErrorKind(
     "IDEMPOTENCY_STORE_UNAVAILABLE", 503, "Idempotency store unavailable", retry_after=True
 )
+IDEMPOTENCY_STORE_FULL = ErrorKind("IDEMPOTENCY_STORE_FULL", 503, "Idempotency store full", retry_after=True)
+
+#: Upstream answers never stored (the backend may not have acted; a retry may succeed).
+NOT_STORED = frozenset({429, 502, 503, 504})
 
 MISSING_SUGGESTION = (
     "Send a unique Idempotency-Key header per operation and reuse it when retrying, "
@@ -70,6 +78,7 @@ class Ticket:
     """
 
     _guard: IdempotencyGuard
+    caller: str
     key: str
     fingerprint: str
     _captured: StoredResponse | None = field(default=None, init=False)
@@ -78,12 +87,16 @@ class Ticket:
     _too_large: bool = field(default=False, init=False)
     _settled: bool = field(default=False, init=False)
 
-    def answered(self, response: IResponse) -> None:
+    def answered(self, status: int, phrase: bytes, headers: Headers) -> None:
         """
-        The upstream answered: start capturing.
+        The upstream answered: start capturing the answer as the client gets
+        it (hop-by-hop headers gone, C{Location} rewritten, C{Via} added),
+        all but its C{X-Request-ID}.
         """
-        headers = tuple((name, tuple(values)) for name, values in response.headers.getAllRawHeaders())
-        self._captured = StoredResponse(response.code, response.phrase, headers, b"")
+        kept = tuple(
+            (name, tuple(values)) for name, values in headers.getAllRawHeaders() if name.lower() != REQUEST_ID
+        )
+        self._captured = StoredResponse(status, phrase, kept, b"")
 
     def data(self, chunk: bytes) -> None:
         """
@@ -106,11 +119,11 @@ class Ticket:
             return
         self._settled = True
         captured = self._captured
-        if outcome is not None or captured is None or self._too_large:
-            self._guard.release(self.key)
+        if outcome is not None or captured is None or self._too_large or captured.status in NOT_STORED:
+            self._guard.release(self.caller, self.key)
             return
         stored = StoredResponse(captured.status, captured.phrase, captured.headers, b"".join(self._body))
-        self._guard.complete(self.key, Entry(self.fingerprint, stored))
+        self._guard.complete(self.caller, self.key, Entry(self.fingerprint, stored))
 
     def release(self) -> None:
         """
@@ -118,7 +131,7 @@ class Ticket:
         """
         if not self._settled:
             self._settled = True
-            self._guard.release(self.key)
+            self._guard.release(self.caller, self.key)
 
 
 Verdict = Reject | Replay | Ticket | None
@@ -147,10 +160,6 @@ def _body_digest(content: IO[bytes] | None) -> bytes:
     return h.digest()
 
 
-def _credentials(headers: Headers) -> bytes:
-    return b"\0".join(b"\n".join(headers.getRawHeaders(name, [])) for name in (b"authorization", b"cookie"))
-
-
 @define
 class IdempotencyGuard:
     """
@@ -174,6 +183,7 @@ class IdempotencyGuard:
     conflicts: int = 0
     reused: int = 0
     store_errors: int = 0
+    full: int = 0
     last_store_error: str = ""
 
     def _required(self, method: bytes, path: bytes) -> bool:
@@ -184,9 +194,10 @@ class IdempotencyGuard:
                 return True
         return False
 
-    def verdict(self, request: Request, rest: bytes) -> Deferred[Verdict]:
+    def verdict(self, request: Request, rest: bytes, caller: Identity) -> Deferred[Verdict]:
         """
         @param rest: the path after the prefix (no query).
+        @param caller: who sent it: the key's scope.
         @return: L{None} when the request is not subject to a key (forward
             it as usual), else a L{Reject}, a L{Replay} or a L{Ticket}.
         """
@@ -203,18 +214,18 @@ class IdempotencyGuard:
         if len(sent) > 1 or not key or len(key) > MAX_KEY or any(b < 0x20 or b >= 0x7F for b in key):
             message = f"An Idempotency-Key must be one value of 1 to {MAX_KEY} printable ASCII characters."
             return succeed(Reject(IDEMPOTENCY_KEY_INVALID, message))
-        credentials = _credentials(request.requestHeaders)
-        scoped = _digest(credentials, key)
-        fingerprint = _digest(method, request.uri, _body_digest(request.content), credentials)
-        claiming = self.store.claim(scoped, fingerprint, self.in_flight_ttl)
+        who = caller.digest
+        scoped = _digest(who.encode("ascii"), key)
+        fingerprint = _digest(method, request.uri, _body_digest(request.content))
+        claiming = self.store.claim(who, scoped, fingerprint, self.in_flight_ttl)
         claiming.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
         return claiming.addCallbacks(
-            lambda existing: self._decide(existing, scoped, fingerprint), self._store_failed
+            lambda existing: self._decide(existing, who, scoped, fingerprint), self._store_failed
         )
 
-    def _decide(self, existing: Entry | None, scoped: str, fingerprint: str) -> Verdict:
+    def _decide(self, existing: Entry | None, caller: str, scoped: str, fingerprint: str) -> Verdict:
         if existing is None:
-            return Ticket(self, scoped, fingerprint)
+            return Ticket(self, caller, scoped, fingerprint)
         if existing.fingerprint != fingerprint:
             self.reused += 1
             return Reject(
@@ -234,6 +245,14 @@ class IdempotencyGuard:
         return Replay(existing.response)
 
     def _store_failed(self, failure: Failure) -> Verdict:
+        if failure.check(StoreFull):
+            self.full += 1
+            return Reject(
+                IDEMPOTENCY_STORE_FULL,
+                f"No room to hold this Idempotency-Key ({failure.getErrorMessage()}); "
+                "the request was not sent.",
+                "Retry after a moment, with the same key.",
+            )
         failure.trap(StoreUnavailable)
         self._note_error(failure)
         if self.fail_closed:
@@ -254,19 +273,19 @@ class IdempotencyGuard:
             error=self.last_store_error,
         )
 
-    def complete(self, key: str, entry: Entry) -> None:
+    def complete(self, caller: str, key: str, entry: Entry) -> None:
         """
         Store an answer (store errors are logged, never raised).
         """
-        storing = self.store.complete(key, entry, self.ttl)
+        storing = self.store.complete(caller, key, entry, self.ttl)
         storing.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
         storing.addErrback(self._ignored)
 
-    def release(self, key: str) -> None:
+    def release(self, caller: str, key: str) -> None:
         """
         Free a key (store errors are logged, never raised).
         """
-        releasing = self.store.release(key)
+        releasing = self.store.release(caller, key)
         releasing.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_store_timed_out)
         releasing.addErrback(self._ignored)
 

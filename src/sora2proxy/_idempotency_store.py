@@ -1,25 +1,32 @@
 """
-Where Idempotency-Key outcomes are kept: L{MemoryStore} (one process,
-bounded, least recently used out first, expiry on the injected clock) or
-L{RedisStore} (shared by every worker and instance).  An entry is either a
-request in flight or the upstream's stored answer.
+Where Idempotency-Key outcomes are kept: the store protocol, its values,
+and L{RedisStore} (shared by every worker and instance; the per-process
+store is L{sora2proxy._idempotency_memory.MemoryStore}).  An entry is either
+a request in flight or the answer stored for replay.  Every operation names
+the caller (its L{sora2proxy._identity.Identity} digest), so that a store
+can bound entries per caller.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections import OrderedDict
 from typing import Any, Protocol
 
-from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from attrs import define, frozen
+from twisted.internet.defer import Deferred
 
 
 class StoreUnavailable(Exception):
     """
     The store could not be reached (Redis down): the caller fails open or closed.
+    """
+
+
+class StoreFull(Exception):
+    """
+    No room for a new claim (the store, or this caller's share, is full of
+    requests in flight): the request is refused, never forwarded unprotected.
     """
 
 
@@ -94,85 +101,71 @@ class IdempotencyStore(Protocol):
 
     description: str
 
-    def claim(self, key: str, fingerprint: str, ttl: float) -> Deferred[Entry | None]:
+    def claim(self, caller: str, key: str, fingerprint: str, ttl: float) -> Deferred[Entry | None]:
         """
         Mark C{key} in flight unless it exists; fires with L{None} when this
-        caller now owns it, else with the existing entry.
+        caller now owns it, else with the existing entry; fails with
+        L{StoreFull} when there is no room for a claim.
         """
 
-    def complete(self, key: str, entry: Entry, ttl: float) -> Deferred[None]:
+    def complete(self, caller: str, key: str, entry: Entry, ttl: float) -> Deferred[None]:
         """Store the answer for C{ttl} seconds."""
 
-    def release(self, key: str) -> Deferred[None]:
+    def release(self, caller: str, key: str) -> Deferred[None]:
         """Forget C{key}: it is free again."""
 
     def size(self) -> int:
         """Entries held (-1 when unknown)."""
 
 
-@define
-class MemoryStore:
-    """
-    A per-process store bounded by entries and by bytes.
-    """
+#: KEYS: entry, caller's claims (score: expiry), caller's answers (score:
+#: stored at); ARGV: marker, claim TTL ms, answer TTL ms, per-caller bound.
+_CLAIM = """
+local found = redis.call('GET', KEYS[1])
+if found then return {1, found} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  local oldest = redis.call('ZPOPMIN', KEYS[3])
+  if #oldest == 0 then return {2, ''} end
+  redis.call('DEL', oldest[1])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {0, ''}
+"""
 
-    _clock: IReactorTime
-    max_entries: int = 10_000
-    max_bytes: int = 64 * 1024 * 1024
-    description: str = "memory"
-    _entries: OrderedDict[str, tuple[float, Entry, int]] = field(factory=OrderedDict, init=False)
-    stored_bytes: int = field(default=0, init=False)
+#: KEYS: entry, caller's claims, caller's answers; ARGV: entry, answer TTL ms.
+_COMPLETE = """
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), KEYS[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return 0
+"""
 
-    def _get(self, key: str) -> Entry | None:
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        expires, entry, _ = found
-        if expires <= self._clock.seconds():
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
-    def _drop(self, key: str) -> None:
-        _, _, size = self._entries.pop(key)
-        self.stored_bytes -= size
-
-    def _put(self, key: str, entry: Entry, ttl: float) -> None:
-        if key in self._entries:
-            self._drop(key)
-        size = 0 if entry.response is None else entry.response.size
-        self._entries[key] = (self._clock.seconds() + ttl, entry, size)
-        self.stored_bytes += size
-        while self._entries and (len(self._entries) > self.max_entries or self.stored_bytes > self.max_bytes):
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
-
-    def claim(self, key: str, fingerprint: str, ttl: float) -> Deferred[Entry | None]:
-        existing = self._get(key)
-        if existing is not None:
-            return succeed(existing)
-        self._put(key, Entry(fingerprint), ttl)
-        return succeed(None)
-
-    def complete(self, key: str, entry: Entry, ttl: float) -> Deferred[None]:
-        self._put(key, entry, ttl)
-        return succeed(None)
-
-    def release(self, key: str) -> Deferred[None]:
-        if key in self._entries:
-            self._drop(key)
-        return succeed(None)
-
-    def size(self) -> int:
-        return len(self._entries)
+#: KEYS: entry, caller's claims, caller's answers.
+_RELEASE = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('ZREM', KEYS[3], KEYS[1])
+return 0
+"""
 
 
 @define
 class RedisStore:
     """
-    A store in Redis, shared by processes: C{SET NX PX} claims a key
-    atomically; answers expire with the TTL.
+    A store in Redis, shared by processes.  Each operation is one Lua script,
+    so one atomic round trip: a claim sets the key only if it does not
+    exist (as C{SET NX PX} would) and keeps the caller's entries within
+    C{max_per_caller} (its oldest stored answer goes; when all of them are
+    in flight the claim fails with L{StoreFull}).  Answers expire with the
+    TTL; the total is bounded by Redis's own C{maxmemory}.
 
     @ivar redis: a txredisapi connection (pool).
     """
@@ -180,38 +173,46 @@ class RedisStore:
     redis: Any
     description: str
     prefix: str = "sora2proxy:idempotency:"
+    max_per_caller: int = 1000
+    answer_ttl: float = 86_400.0
 
     def _fail(self, failure: Any) -> None:
+        if failure.check(StoreFull):
+            failure.raiseException()
         raise StoreUnavailable(failure.getErrorMessage())
 
-    def claim(self, key: str, fingerprint: str, ttl: float) -> Deferred[Entry | None]:
-        name = self.prefix + key
+    def _keys(self, caller: str, key: str) -> list[str]:
+        who = f"{self.prefix}caller:{caller}:"
+        return [self.prefix + key, who + "claims", who + "answers"]
+
+    def claim(self, caller: str, key: str, fingerprint: str, ttl: float) -> Deferred[Entry | None]:
         marker = Entry(fingerprint).to_bytes()
-        setting: Deferred[Any] = self.redis.set(
-            name, marker, pexpire=int(ttl * 1000), only_if_not_exists=True
-        )
+        args = [marker, int(ttl * 1000), int(self.answer_ttl * 1000), self.max_per_caller]
+        running: Deferred[Any] = self.redis.eval(_CLAIM, self._keys(caller, key), args)
 
-        def claimed(result: Any) -> Any:
-            if result:
-                return None
-            reading: Deferred[Any] = self.redis.get(name)
-            return reading.addCallback(lambda raw: None if raw is None else Entry.from_bytes(raw))
+        def claimed(result: Any) -> Entry | None:
+            if result[0] == 2:
+                raise StoreFull(f"this caller has {self.max_per_caller} requests with a key in flight")
+            return Entry.from_bytes(result[1]) if result[0] == 1 else None
 
-        return setting.addCallback(claimed).addErrback(self._fail)
+        return running.addCallback(claimed).addErrback(self._fail)
 
-    def complete(self, key: str, entry: Entry, ttl: float) -> Deferred[None]:
-        setting: Deferred[Any] = self.redis.set(self.prefix + key, entry.to_bytes(), pexpire=int(ttl * 1000))
-        return setting.addCallback(lambda _: None).addErrback(self._fail)
+    def complete(self, caller: str, key: str, entry: Entry, ttl: float) -> Deferred[None]:
+        args = [entry.to_bytes(), int(ttl * 1000)]
+        running: Deferred[Any] = self.redis.eval(_COMPLETE, self._keys(caller, key), args)
+        return running.addCallback(lambda _: None).addErrback(self._fail)
 
-    def release(self, key: str) -> Deferred[None]:
-        deleting: Deferred[Any] = self.redis.delete(self.prefix + key)
-        return deleting.addCallback(lambda _: None).addErrback(self._fail)
+    def release(self, caller: str, key: str) -> Deferred[None]:
+        running: Deferred[Any] = self.redis.eval(_RELEASE, self._keys(caller, key))
+        return running.addCallback(lambda _: None).addErrback(self._fail)
 
     def size(self) -> int:
         return -1
 
 
-def redis_store(url: str, timeout: float = 2.0) -> RedisStore:
+def redis_store(
+    url: str, timeout: float = 2.0, max_per_caller: int = 1000, answer_ttl: float = 86_400.0
+) -> RedisStore:
     """
     A L{RedisStore} for C{redis://HOST:PORT/DB}.  txredisapi imports the
     global reactor, so this is only called once it is installed.
@@ -230,4 +231,4 @@ def redis_store(url: str, timeout: float = 2.0) -> RedisStore:
         connectTimeout=timeout,
         replyTimeout=timeout,
     )
-    return RedisStore(pool, url)
+    return RedisStore(pool, url, max_per_caller=max_per_caller, answer_ttl=answer_ttl)

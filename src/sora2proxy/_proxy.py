@@ -22,7 +22,8 @@ from ._config import ProxyConfig
 from ._endpoints import UpstreamEndpoints, tls_policy
 from ._health import HealthMonitor, HealthState
 from ._idempotency import IdempotencyGuard
-from ._idempotency_store import IdempotencyStore, MemoryStore, redis_store
+from ._idempotency_memory import MemoryStore
+from ._idempotency_store import IdempotencyStore, redis_store
 from ._messages import SpawnedChild
 from ._metrics import Telemetry
 from ._resource import ProxyResource
@@ -83,9 +84,18 @@ def idempotency_guard(
         return None
     store: IdempotencyStore
     if config.idempotency_store == "memory":
-        store = MemoryStore(clock, config.idempotency_max_entries, config.idempotency_max_bytes)
+        store = MemoryStore(
+            clock,
+            config.idempotency_max_entries,
+            config.idempotency_max_bytes,
+            config.idempotency_max_per_caller,
+        )
     else:
-        store = redis_store(config.idempotency_store)
+        store = redis_store(
+            config.idempotency_store,
+            max_per_caller=config.idempotency_max_per_caller,
+            answer_ttl=config.idempotency_ttl,
+        )
     longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
     guard = IdempotencyGuard(
         store,

@@ -173,8 +173,9 @@ def _public_base(request: Request) -> bytes:
 
 def write_replay(request: Request, stored: StoredResponse, request_id: str) -> None:
     """
-    Answer with a stored upstream response (an Idempotency-Key replay): the
-    same status, headers and body, marked C{Idempotent-Replayed: true}.
+    Answer with a stored response (an Idempotency-Key replay): the same
+    status, headers (stored as the client first got them, C{Via} included)
+    and body, marked C{Idempotent-Replayed: true}.
     """
     request.setResponseCode(stored.status, reason_phrase(stored.status, stored.phrase))
     headers = request.responseHeaders
@@ -183,7 +184,6 @@ def write_replay(request: Request, stored: StoredResponse, request_id: str) -> N
             headers.setRawHeaders(name, list(values))
     headers.setRawHeaders(b"content-length", [b"%d" % len(stored.body)])
     headers.setRawHeaders(b"idempotent-replayed", [b"true"])
-    append_via(headers)
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
     request.write(stored.body)
     request.finish()

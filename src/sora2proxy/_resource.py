@@ -35,6 +35,7 @@ from ._errors import (
 from ._headers import REQUEST_ID, request_id_from
 from ._health import HealthState
 from ._idempotency import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
+from ._identity import IdentityRule
 from ._messages import SpawnedChild, gave_up_message, unavailable
 from ._metrics import REPLAYED, Telemetry
 from ._paths import TargetRefused, check_target
@@ -115,6 +116,7 @@ class ProxyResource:
             max_retry_after=config.max_retry_after,
         )
         self._prefix = config.prefix_bytes
+        self._identity = IdentityRule(config.identity_headers)
 
     # IResource
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
@@ -176,7 +178,8 @@ class ProxyResource:
         if self._guard is None or request.method not in CHECKED_METHODS:
             self._send(context, target, first, None)
             return
-        verdict = self._guard.verdict(request, target.rest)
+        # The caller's identity, computed once here for every per-caller feature.
+        verdict = self._guard.verdict(request, target.rest, self._identity.of(request))
         verdict.addCallback(self._judged, context, target, first)
         verdict.addErrback(self._respond.internal_error_late, context, 0)
 
@@ -242,8 +245,8 @@ class ProxyResource:
                     ticket.finished(outcome)
                 self._done(context, loop.tries, response.code, outcome)
 
-            if ticket is not None:
-                ticket.answered(response)
+            if ticket is not None:  # stored as the client gets it: a replay is the same answer
+                ticket.answered(request.code, request.code_message, request.responseHeaders)
             body = BodyRelay(request, done, None if ticket is None else ticket.data)
             relay.append(body)
             response.deliverBody(body)

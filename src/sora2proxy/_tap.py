@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from ._config import ConfigError, ProxyConfig, upstream_from_environment
+from ._config import DEFAULT_IDENTITY_HEADERS, ConfigError, ProxyConfig, upstream_from_environment
 from ._lifecycle import DrainingListeners, StopInOrder
 from ._logs import JSONLinesObserver
 from ._proxy import build_proxy
@@ -130,6 +130,7 @@ class Options(usage.Options):
         ["idempotency-max-body", None, str(1024 * 1024), "Largest answer body stored for replay, in bytes."],
         ["idempotency-max-entries", None, "10000", "Entries the memory store keeps at most."],
         ["idempotency-max-bytes", None, str(64 * 1024 * 1024), "Bytes the memory store keeps at most."],
+        ["idempotency-max-per-caller", None, "1000", "Idempotency entries one caller keeps at most."],
         ["drain-timeout", None, "10", "Seconds requests in flight get to finish on shutdown."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
@@ -141,6 +142,7 @@ class Options(usage.Options):
         self["upstream"] = []
         self["spawn"] = []
         self["require-idempotency-key"] = []
+        self["identity-header"] = []
         self.config: ProxyConfig | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -166,6 +168,18 @@ class Options(usage.Options):
         METHOD:PATH-PATTERN (e.g. POST:/videos, after the prefix) whose requests must carry an Idempotency-Key (repeatable).
         """  # noqa: E501
         self["require-idempotency-key"].append(rule)
+
+    def opt_identity_header(self, name: str) -> None:
+        """
+        A header whose value identifies the caller, for Idempotency-Key scopes; repeatable [default: $SORA2PROXY_IDENTITY_HEADERS (comma-separated), else Authorization, Cookie and X-Api-Key].
+        """  # noqa: E501
+        self["identity-header"].append(name)
+
+    def _identity_headers(self) -> tuple[str, ...]:
+        if self["identity-header"]:
+            return tuple(self["identity-header"])
+        listed = self._environ.get("SORA2PROXY_IDENTITY_HEADERS", "")
+        return tuple(n.strip() for n in listed.split(",") if n.strip()) or DEFAULT_IDENTITY_HEADERS
 
     def postOptions(self) -> None:
         try:
@@ -243,6 +257,10 @@ class Options(usage.Options):
             idempotency_max_bytes=_number("--idempotency-max-bytes", self["idempotency-max-bytes"], int),
             idempotency_fail_closed=bool(self["idempotency-fail-closed"]),
             require_idempotency_key=tuple(self["require-idempotency-key"]),
+            idempotency_max_per_caller=_number(
+                "--idempotency-max-per-caller", self["idempotency-max-per-caller"], int
+            ),
+            identity_headers=self._identity_headers(),
         )
 
 
