@@ -139,10 +139,10 @@ class UpstreamParserTests(LoopbackMixin, TestCase):
         )
         url = self.proxy_to(upstream)
         _, first = yield self.fetch(b"GET", url)
-        yield upstream.connections[0].lost
         _, second = yield self.fetch(b"GET", url)
         self.assertEqual((first, second), (b"first", b"second"))
         self.assertEqual(len(upstream.connections), 2)
+        yield upstream.connections[0].lost  # the proxy closed it
 
     @inlineCallbacks
     def test_http10_answer_without_keep_alive_is_not_reused(self) -> Any:

@@ -304,6 +304,12 @@ class WireTests(SynchronousTestCase):
         """A head whose lines end in a bare LF is refused."""
         self.assert_broken(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n")
 
+    def test_rtsp_and_leading_blank_line(self) -> None:
+        """An RTSP status line, or a blank line before the status line, is refused (llhttp would take both)."""
+        self.assert_broken(b"RTSP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.setUp()
+        self.assert_broken(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
     def test_http09_and_http12(self) -> None:
         """Versions other than HTTP/1.0 and 1.1 are refused."""
         self.assert_broken(b"HTTP/0.9 200 OK\r\nContent-Length: 0\r\n\r\n")

@@ -102,6 +102,7 @@ class ResponseReader:
         self._parser = HttpResponseParser(self)
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
+        self._start = b""  # the first bytes of the head, which must be HTTP/
         self._in_body = False
         self._raw = False  # llhttp stepped aside (an unasked upgrade): the rest is body
         self._chunked = False
@@ -145,6 +146,10 @@ class ResponseReader:
     # The head
     def _head(self, data: bytes) -> None:
         while data:
+            if len(self._start) < 5:  # llhttp also takes RTSP/ and ICE/, and skips CR and LF before them
+                self._start += data[: 5 - len(self._start)]
+                if not b"HTTP/".startswith(self._start):
+                    raise WireError(f"the response does not start with HTTP/: {self._start!r}")
             tail = self._tail
             search = tail + data if tail else data
             end = search.find(b"\r\n\r\n")
@@ -163,6 +168,7 @@ class ResponseReader:
             if upgraded and self._code < 200:
                 raise WireError("an interim response asks for an upgrade")
             self._tail = b""
+            self._start = b""
             self._head_bytes = 0
             if self._code >= 200:
                 self._final(upgraded, data)
