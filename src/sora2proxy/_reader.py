@@ -96,6 +96,36 @@ class ResponseReader:
     @ivar seen: some bytes of the response arrived.
     """
 
+    __slots__ = (
+        "_chunked",
+        "_code",
+        "_complete",
+        "_control",
+        "_counted",
+        "_ended",
+        "_fields",
+        "_head_bytes",
+        "_head_done",
+        "_head_request",
+        "_held",
+        "_in_body",
+        "_keep_alive",
+        "_lines",
+        "_minor",
+        "_parser",
+        "_phrase",
+        "_progress",
+        "_raw",
+        "_remaining",
+        "_sink",
+        "_stalled",
+        "_start",
+        "_tail",
+        "_trailer_bytes",
+        "seen",
+        "until_close",
+    )
+
     def __init__(self, sink: ResponseSink, head_request: bool) -> None:
         self._sink: ResponseSink | None = sink
         self._head_request = head_request
@@ -109,7 +139,8 @@ class ResponseReader:
         self._remaining: int | None = None
         self._stalled = 0
         self._progress = False
-        self._trailers = 0
+        self._trailer_bytes = 0
+        self._counted = 0  # trailer lines counted in _trailer_bytes
         self._held: list[bytes] | None = None  # body read before the head is handed over
         self._ended: bool | None = None  # the response ended while held (whether stray bytes followed)
         self.until_close = False
@@ -122,7 +153,7 @@ class ResponseReader:
         self._phrase = b""
         self._fields: _Fields = {}
         self._control: _Fields = {}
-        self._count = 0
+        self._lines: list[tuple[bytes, bytes]] = []
         self._head_done = False
         self._complete = False
         self._keep_alive = False
@@ -245,6 +276,7 @@ class ResponseReader:
         if remaining is not None:
             self._remaining = remaining - len(data)
         self._progress = False
+        trailers = len(self._lines)
         try:
             self._parser.feed_data(data)
         except HttpParserError as error:
@@ -253,12 +285,22 @@ class ResponseReader:
                     return  # abandoned
                 raise _invalid(error) from None
             stray = True  # llhttp read past the end: more bytes followed
+        if len(self._lines) != trailers:
+            self._trailers_read()
         if self._complete:
             self._finish(stray)
         elif self._chunked:
             self._stalled = 0 if self._progress else self._stalled + len(data)
             if self._stalled > MAX_TRAILERS:
                 raise WireError("a chunk-size line or the trailers are too long")
+
+    def _trailers_read(self) -> None:
+        self._progress = True
+        lines = self._lines
+        self._trailer_bytes += sum(len(name) + len(value) + 4 for name, value in lines[self._counted :])
+        self._counted = len(lines)
+        if self._trailer_bytes > MAX_TRAILERS:
+            raise WireError("the trailers are too large")
 
     def _finish(self, stray: bool) -> None:
         if self._held is not None:  # the head is not handed over yet
@@ -277,29 +319,12 @@ class ResponseReader:
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_done:
-            self._trailer(name, value)
-            return
-        self._count += 1
-        if self._count > MAX_HEADERS:
-            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
-        lower = name.lower()
-        target = self._control if lower in CONNECTION_CONTROL else self._fields
-        entry = target.get(lower)
-        if entry is None:
-            target[lower] = (name, [value.rstrip(b" \t")])
-        else:
-            entry[1].append(value.rstrip(b" \t"))
-
-    def _trailer(self, name: bytes, value: bytes) -> None:
-        self._progress = True
-        self._trailers += len(name) + len(value) + 4
-        if self._trailers > MAX_TRAILERS:
-            raise WireError("the trailers are too large")
+        self._lines.append((name, value))  # sorted out once the head is complete
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._head_done = True
+        self._sort_fields()
         self._code = code = parser.get_status_code()
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -312,6 +337,21 @@ class ResponseReader:
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
         self._minor = 1 if version == "1.1" else 0
         self._keep_alive = parser.should_keep_alive()
+
+    def _sort_fields(self) -> None:
+        lines, self._lines = self._lines, []  # what follows are trailers
+        if len(lines) > MAX_HEADERS:
+            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
+        fields = self._fields
+        control = self._control
+        for name, value in lines:
+            lower = name.lower()
+            target = control if lower in CONNECTION_CONTROL else fields
+            entry = target.get(lower)
+            if entry is None:
+                target[lower] = (name, [value.rstrip(b" \t")])
+            else:
+                entry[1].append(value.rstrip(b" \t"))
 
     def on_body(self, data: bytes) -> None:
         self._progress = True
