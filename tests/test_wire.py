@@ -157,6 +157,13 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"9"])
         self.assertEqual(self.idle, [self.connection, self.connection])
 
+    def test_status_line_in_single_bytes(self) -> None:
+        """A status line that arrives a byte at a time is read."""
+        response, body = self.answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", pieces=1
+        )
+        self.assertEqual((response.code, body.data), (200, b"ok"))
+
     def test_informational_responses_skipped(self) -> None:
         raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         response, body = self.answer(raw + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

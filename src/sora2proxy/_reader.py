@@ -49,6 +49,7 @@ CONNECTION_CONTROL = frozenset(
 
 #: What a reason phrase may not hold: RFC 9112 allows HTAB, SP, VCHAR and obs-text.
 _BAD_PHRASE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_USUAL_PHRASES = frozenset({b"OK", b"Created", b"No Content", b"Not Modified", b"Not Found", b""})
 _NO_BODY = (204, 304)
 _Fields = dict[bytes, tuple[bytes, list[bytes]]]
 
@@ -177,10 +178,14 @@ class ResponseReader:
     # The head
     def _head(self, data: bytes) -> None:
         while data:
-            if len(self._start) < 5:  # llhttp also takes RTSP/ and ICE/, and skips CR and LF before them
-                self._start += data[: 5 - len(self._start)]
-                if not b"HTTP/".startswith(self._start):
-                    raise WireError(f"the response does not start with HTTP/: {self._start!r}")
+            start = self._start  # llhttp also takes RTSP/ and ICE/, and skips CR and LF before them
+            if len(start) < 5:
+                if not start and data.startswith(b"HTTP/"):
+                    self._start = b"HTTP/"
+                else:
+                    start = self._start = start + data[: 5 - len(start)]
+                    if not b"HTTP/".startswith(start):
+                        raise WireError(f"the response does not start with HTTP/: {start!r}")
             tail = self._tail
             search = tail + data if tail else data
             end = search.find(b"\r\n\r\n")
@@ -333,7 +338,7 @@ class ResponseReader:
             raise WireError(f"bad status code {code}")
         if code == 101:
             raise WireError("101 Switching Protocols to a request that asked for no upgrade")
-        if _BAD_PHRASE.search(self._phrase):
+        if self._phrase not in _USUAL_PHRASES and _BAD_PHRASE.search(self._phrase):
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
         self._minor = 1 if version == "1.1" else 0
         self._keep_alive = parser.should_keep_alive()
