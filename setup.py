@@ -70,6 +70,7 @@ setup(
         "hyperlink>=21.0.0",
         "prometheus_client>=0.17",
         "txredisapi>=1.4.10",
+        "httptools>=0.6.4",
     ],
     extras_require={
         "test": [
@@ -85,6 +86,7 @@ setup(
             "websockets>=13",
             "httpbin>=0.10",
             "pyyaml>=6",
+            "h11>=0.14",
         ],
     },
     zip_safe=False,

@@ -27,9 +27,10 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from sora2proxy._chunked import ChunkedDecoder, ChunkedEncoder, WireError
+from sora2proxy._chunked import ChunkedEncoder
 from sora2proxy._classify import classify
-from sora2proxy._wire import MAX_HEAD, UpstreamConnection
+from sora2proxy._reader import MAX_HEAD, MAX_HEADERS, MAX_TRAILERS, WireError
+from sora2proxy._wire import UpstreamConnection
 
 
 class Body(Protocol):
@@ -156,29 +157,89 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"9"])
         self.assertEqual(self.idle, [self.connection, self.connection])
 
+    def test_status_line_in_single_bytes(self) -> None:
+        """A status line that arrives a byte at a time is read."""
+        response, body = self.answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", pieces=1
+        )
+        self.assertEqual((response.code, body.data), (200, b"ok"))
+
     def test_informational_responses_skipped(self) -> None:
         raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         response, body = self.answer(raw + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual((response.code, body.data), (200, b"ok"))
         self.assertIsNone(response.headers.getRawHeaders(b"link"))
 
-    def test_connection_close_and_http10_not_reused(self) -> None:
+    def test_connection_close_not_reused(self) -> None:
+        """An answer with Connection: close closes the connection."""
         self.answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.idle, [])
         self.assertTrue(self.transport.disconnecting)
 
-    def test_both_framings_is_chunked_then_closed(self) -> None:
-        raw = (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
-        )
-        _response, body = self.answer(raw)
-        self.assertEqual(body.data, b"a")
+    def test_http10_not_reused(self) -> None:
+        """An HTTP/1.0 answer without keep-alive closes the connection."""
+        _response, body = self.answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(body.data, b"ok")
         self.assertEqual(self.idle, [])
         self.assertTrue(self.transport.disconnecting)
 
-    def test_folded_header_joined(self) -> None:
-        response, _body = self.answer(b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n")
-        self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"one two"])
+    def test_http10_keep_alive_reused(self) -> None:
+        """An HTTP/1.0 answer with Connection: keep-alive leaves the connection to the pool."""
+        self.answer(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.idle, [self.connection])
+
+    def test_bytes_past_content_length_not_reused(self) -> None:
+        """Bytes past Content-Length close the connection, and never become another answer."""
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + smuggled)
+        self.assertEqual(body.data, b"ok")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_bytes_past_chunked_end_not_reused(self) -> None:
+        """Bytes past the last chunk close the connection."""
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"
+        _response, body = self.answer(raw)
+        self.assertEqual(body.data, b"ok")
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_head_answer_then_get_on_the_same_connection(self) -> None:
+        """A HEAD answer's Content-Length frames no body: the next GET gets its own answer."""
+        response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b"HEAD")
+        self.assertEqual((response.code, body.data), (200, b""))
+        self.assertEqual(self.idle, [self.connection])
+        response, body = self.answer(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nget")
+        self.assertEqual((response.code, body.data), (201, b"get"))
+        self.assertEqual(self.idle, [self.connection, self.connection])
+
+    def test_bytes_after_a_head_answer_not_reused(self) -> None:
+        """Body bytes sent after a HEAD answer close the connection."""
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody", b"HEAD")
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_upgrade_advertised_in_a_200_is_a_body_until_close(self) -> None:
+        """A 200 that advertises Upgrade with no framing has its body read until the connection ends."""
+        raw = b"HTTP/1.1 200 OK\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nsome"
+        response, body = self.answer(raw)
+        self.connection.dataReceived(b" more")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((response.code, body.data), (200, b"some more"))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(PotentialDataLoss))
+
+    def test_both_framings_is_invalid(self) -> None:
+        """A response framed by both Content-Length and chunked coding is refused (RFC 9112 section 6.3)."""
+        self.assert_broken(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+        )
+
+    def test_folded_header_is_invalid(self) -> None:
+        """An obs-folded header line is refused, not joined."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n")
 
     def assert_broken(self, raw: bytes) -> None:
         result = self.send()
@@ -206,12 +267,73 @@ class WireTests(SynchronousTestCase):
         self.assert_broken(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
 
     def test_headers_too_large(self) -> None:
+        """A head over 64 KiB is refused, whether it ends or not."""
         self.assert_broken(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD)
 
-    def test_bad_chunk(self) -> None:
-        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    def test_complete_head_too_large(self) -> None:
+        """A complete head one byte over 64 KiB is refused."""
+        start = b"HTTP/1.1 200 OK\r\nX: "
+        self.assert_broken(start + b"a" * (MAX_HEAD - len(start) - 3) + b"\r\n\r\n")
+
+    def test_too_many_headers(self) -> None:
+        """More header fields than the limit is refused."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n")
+
+    def test_bare_cr_in_reason_phrase(self) -> None:
+        """A bare CR in the reason phrase is refused."""
+        self.assert_broken(b"HTTP/1.1 200 OK\rSet-Cookie: evil=1\r\nContent-Length: 0\r\n\r\n")
+
+    def test_control_bytes_in_reason_phrase(self) -> None:
+        """A NUL or another control byte in the reason phrase is refused."""
+        self.assert_broken(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n")
+        self.setUp()
+        self.assert_broken(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n")
+
+    def test_nul_in_header_value(self) -> None:
+        """A NUL in a header value is refused."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n")
+
+    def test_huge_content_length(self) -> None:
+        """A 5,000-digit Content-Length is refused, not raised out of dataReceived."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+
+    def test_folded_transfer_encoding(self) -> None:
+        """An obs-folded Transfer-Encoding is refused."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n chunked\r\n\r\n0\r\n\r\n")
+
+    def test_other_transfer_codings(self) -> None:
+        """A transfer coding the proxy cannot undo (anything but chunked alone) is refused."""
+        for coding in (b"gzip", b"gzip, chunked", b"chunked, chunked"):
+            self.setUp()
+            self.assert_broken(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n0\r\n\r\n" % coding)
+
+    def test_bare_lf_head(self) -> None:
+        """A head whose lines end in a bare LF is refused."""
+        self.assert_broken(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n")
+
+    def test_rtsp_and_leading_blank_line(self) -> None:
+        """An RTSP status line, or a blank line before the status line, is refused (llhttp would take both)."""
+        self.assert_broken(b"RTSP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.setUp()
+        self.assert_broken(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def test_http09_and_http12(self) -> None:
+        """Versions other than HTTP/1.0 and 1.1 are refused."""
+        self.assert_broken(b"HTTP/0.9 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.setUp()
+        self.assert_broken(b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def test_bad_chunk_with_the_head(self) -> None:
+        """A bad chunk that arrives with the head fails the request: nothing of the response is handed over."""
+        self.assert_broken(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+
+    def test_bad_chunk_after_the_head(self) -> None:
+        """A bad chunk that arrives after the head fails the body and closes the connection."""
+        _response, body = self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.connection.dataReceived(b"zz\r\n")
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseFailed))
+        self.assertTrue(self.transport.disconnecting)
 
     def test_lost_before_any_byte(self) -> None:
         result = self.send()
@@ -303,14 +425,30 @@ class WireTests(SynchronousTestCase):
 
 
 class ChunkedTests(SynchronousTestCase):
-    @settings(max_examples=200, deadline=None)
+    """Chunked bodies as llhttp decodes them, through the connection."""
+
+    def setUp(self) -> None:
+        self.idle: list[UpstreamConnection] = []
+        self.connection = UpstreamConnection(self.idle.append, lambda _: None)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+
+    def read(self, raw: bytes, piece: int) -> tuple[Body, Deferred[Any]]:
+        result = self.connection.send(b"GET / HTTP/1.1\r\n\r\n", None, b"GET")
+        body = Body()
+        result.addCallback(lambda response: response.deliverBody(body))
+        for i in range(0, len(raw), piece):
+            self.connection.dataReceived(raw[i : i + piece])
+        return body, result
+
+    @settings(max_examples=150, deadline=None)
     @given(
         st.lists(st.binary(min_size=1, max_size=40), max_size=6),
         st.integers(min_value=1, max_value=50),
-        st.binary(max_size=10),
     )
-    def test_any_split_decodes(self, chunks: list[bytes], piece: int, after: bytes) -> None:
-        """Whatever the chunk sizes and however the bytes arrive, the body comes out whole."""
+    def test_any_split_decodes(self, chunks: list[bytes], piece: int) -> None:
+        """Whatever the chunk sizes and however the bytes arrive, the body comes out whole and the connection is reused."""
+        self.setUp()  # a fresh connection for each example
         written: list[bytes] = []
 
         class Sink:
@@ -321,17 +459,42 @@ class ChunkedTests(SynchronousTestCase):
         for chunk in chunks:
             encoder.write(chunk)
         encoder.finish()
-        raw = b"".join(written) + after
-        decoder = ChunkedDecoder()
-        out: list[bytes] = []
-        for i in range(0, len(raw), piece):
-            if decoder.done:
-                break
-            out += decoder.feed(raw[i : i + piece])
-        self.assertTrue(decoder.done)
-        self.assertEqual(b"".join(out), b"".join(chunks))
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body, _ = self.read(head + b"".join(written), piece)
+        self.assertEqual(body.data, b"".join(chunks))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [self.connection])
 
-    def test_limits(self) -> None:
-        self.assertRaises(WireError, ChunkedDecoder().feed, b"1" * 5000)
-        self.assertRaises(WireError, ChunkedDecoder().feed, b"0\r\n" + b"T: x\r\n" * 3000)
-        self.assertRaises(WireError, ChunkedDecoder().feed, b"1\r\naXX")
+    def assert_fails(self, body_bytes: bytes, piece: int = 1000) -> None:
+        body, _ = self.read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1000)
+        for i in range(0, len(body_bytes), piece):
+            self.connection.dataReceived(body_bytes[i : i + piece])
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+        self.assertTrue(body.reason.value.reasons[0].check(WireError))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_chunk_size_line_limited(self) -> None:
+        """A chunk-size line that goes on and on fails the body."""
+        self.assert_fails(b"1;" + b"x" * (MAX_TRAILERS + 10), piece=100)
+
+    def test_trailers_limited(self) -> None:
+        """Trailers past 16 KiB fail the body."""
+        self.assert_fails(b"0\r\n" + b"T: x\r\n" * 3000)
+
+    def test_one_long_trailer_limited(self) -> None:
+        """One trailer field that never ends fails the body before it is buffered whole."""
+        self.assert_fails(b"0\r\nT: " + b"x" * (MAX_TRAILERS * 2), piece=100)
+
+    def test_data_not_followed_by_crlf(self) -> None:
+        """Chunk data not followed by CRLF fails the body."""
+        self.assert_fails(b"1\r\naXX")
+
+    def test_leading_space_in_chunk_size(self) -> None:
+        """A chunk size with a leading space is refused."""
+        self.assert_fails(b" 2\r\nok\r\n0\r\n\r\n")
+
+    def test_seventeen_hex_digits(self) -> None:
+        """A chunk size over 64 bits is refused."""
+        self.assert_fails(b"10000000000000000\r\nok\r\n0\r\n\r\n")
