@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -120,6 +121,9 @@ class SpawnedCommand(Service):
     @ivar spec: C{COMMAND} or C{NAME=COMMAND}.
     @ivar grace: seconds between SIGTERM and SIGKILL on stop.
     @ivar backoff: first wait before a restart; doubles up to C{max_backoff}.
+    @ivar fatal_status: an exit status that means restarting cannot help (a
+        worker that cannot bind its port): the child is not restarted and
+        C{on_fatal} is called with its last line of output and the status.
     """
 
     log = Logger()
@@ -129,6 +133,8 @@ class SpawnedCommand(Service):
     grace: float = 5.0
     backoff: float = 1.0
     max_backoff: float = 30.0
+    fatal_status: int | None = None
+    on_fatal: Callable[[str, int], object] | None = None
     name: str = field(init=False)
     command: str = field(init=False)
     restarts: int = field(default=0, init=False)
@@ -137,6 +143,7 @@ class SpawnedCommand(Service):
     _restart: IDelayedCall | None = field(default=None, init=False)
     _started_at: float = field(default=0.0, init=False)
     _failures: int = field(default=0, init=False)
+    _last_line: str = field(default="", init=False)
 
     def __attrs_post_init__(self) -> None:
         Service.__init__(self)
@@ -165,6 +172,7 @@ class SpawnedCommand(Service):
         """
         A line the child printed, logged under its name.
         """
+        self._last_line = line
         self.log.info("[{name}] {line}", name=self.name, line=line)
 
     def ended(self, code: int | None, signal: int | None) -> None:
@@ -175,6 +183,10 @@ class SpawnedCommand(Service):
         how = f"signal {signal}" if signal else f"status {code}"
         if not self.running:
             self.log.info("[{name}] stopped ({how})", name=self.name, how=how)
+            return
+        if code is not None and code == self.fatal_status and self.on_fatal is not None:
+            self.log.error("[{name}] could not start ({how}); not restarted", name=self.name, how=how)
+            self.on_fatal(f"{self._last_line} ({self.name})", code)
             return
         if self._reactor.seconds() - self._started_at > 10 * self.backoff:
             self._failures = 0  # it ran for a while: start the backoff over

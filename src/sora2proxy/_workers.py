@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from ._config import ConfigError
@@ -90,13 +91,19 @@ def reuseport_tcp(description: str) -> tuple[str, int]:
 def listen_reuseport(reactor: Any, description: str, factory: Any) -> IListeningPort:
     """
     Listen on a TCP port that other workers share (C{SO_REUSEPORT}).
+
+    @raise CannotListenError: the port cannot be bound.
     """
     interface, port = reuseport_tcp(description)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((interface, port))
+    try:
+        sock.bind((interface, port))
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
     sock.listen(1024)
     sock.setblocking(False)
     try:
@@ -104,23 +111,3 @@ def listen_reuseport(reactor: Any, description: str, factory: Any) -> IListening
     finally:
         sock.close()  # the reactor holds its own duplicate
     return listening
-
-
-class ReusePortService:
-    """
-    A listening service on a shared TCP port (see L{listen_reuseport}).
-    """
-
-    def __new__(cls, reactor: Any, description: str, factory: Any) -> Any:
-        from twisted.application.service import Service
-
-        class _Listening(Service):
-            def startService(self) -> None:
-                Service.startService(self)
-                self.port = listen_reuseport(reactor, description, factory)
-
-            def stopService(self) -> Any:
-                Service.stopService(self)
-                return self.port.stopListening()
-
-        return _Listening()
