@@ -1,8 +1,9 @@
 """
 Start-up failures stop the process: a --listen or --admin-listen that cannot
-be bound (taken, not permitted, not an address of this host, a port out of
-range), directly or in --workers, makes twistd exit 78 within seconds with one
-line in nginx's words, no traceback, and nothing left running.
+be bound (taken, not permitted, not an address of this host), directly or in
+--workers, makes twistd exit 78 within seconds with one line in nginx's words,
+no traceback, and nothing left running; a port out of range is a bad option
+(one line, status 1).
 """
 
 from __future__ import annotations
@@ -113,18 +114,18 @@ class StartupFailureTests(SynchronousTestCase):
         self.assertTrue(is_free(public))
 
     def test_port_out_of_range(self) -> None:
-        """--admin-listen tcp:99999 is refused before anything starts, naming the option and the range."""
+        """--admin-listen tcp:99999 is a bad option: refused before anything starts, naming it and the range."""
         public = refused_port()
         status, lines, stdout, _ = self.start("--listen", f"tcp:{public}:interface=127.0.0.1",
                                               "--admin-listen", "tcp:99999")  # fmt: skip
-        self.assertEqual(status, EX_CONFIG)
+        self.assertEqual(status, 1)
         self.assertEqual(
             lines, ["sora2proxy: error: --admin-listen: port 99999 in 'tcp:99999' is out of range (0-65535)"]
         )
         self.assertEqual(stdout, "")
         self.assertTrue(is_free(public))
         status, lines, _, _ = self.start("--listen", "tcp:port=65536:interface=127.0.0.1")
-        self.assertEqual(status, EX_CONFIG)
+        self.assertEqual(status, 1)
         self.assertEqual(len(lines), 1)
         self.assertIn("--listen: port 65536", lines[0])
 

@@ -174,7 +174,7 @@ class Options(usage.Options):
                     raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
         except ConfigError as e:
             # One line naming the option, not twistd's usage text or a traceback.
-            exit_at_startup(e)
+            raise SystemExit(f"sora2proxy: error: {e}") from None
 
     @property
     def listen(self) -> list[str]:
