@@ -19,8 +19,13 @@ $(STAMP): setup.py pyproject.toml | $(BIN)/python
 
 # The proxy on :3200 with the demo backend on :3101 as its child; admin on 127.0.0.1:9901.
 # A 1 s health interval so that the proxy notices the demo within a second of its start.
+# `exec`: twistd replaces the recipe's shell, so the SIGTERM that GNU make passes on to
+# the command it runs (an IDE's stop button, `kill`, `timeout`) reaches twistd, which
+# stops the demo with it; Ctrl+C reaches the whole process group. Where setpriv has
+# --pdeathsig (util-linux), twistd also gets SIGTERM if make itself is killed (SIGKILL).
+DIE_WITH_MAKE = $(shell setpriv --pdeathsig TERM true >/dev/null 2>&1 && echo setpriv --pdeathsig TERM)
 run: $(STAMP)
-	$(BIN)/twistd -n --pidfile= sora2proxy --health-interval 1 \
+	exec $(DIE_WITH_MAKE) $(BIN)/twistd -n --pidfile= sora2proxy --health-interval 1 \
 		--spawn "demo=$(abspath $(BIN))/python -m sora2proxy.demo --port 3101" $(ARGS)
 
 lint: $(STAMP)
