@@ -2,7 +2,8 @@
 C{--workers N}: one process per core.  The parent runs no proxy of its own:
 it starts N workers (each a whole proxy with its own health monitors) under
 the C{--spawn} machinery (output prefixed, restarted with backoff, stopped
-with the parent, never orphaned).  Workers share each public TCP port
+with the parent, never orphaned); a worker that cannot bind its port exits
+78 and stops the parent (L{sora2proxy._listening}).  Workers share each public TCP port
 through C{SO_REUSEPORT}: the kernel spreads connections across them.  The
 admin port is served by worker 0.
 """
