@@ -18,7 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
+from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from sora2proxy._listening import bind_failure
 
 from .helpers import refused_port
 from .test_cli import BIN
@@ -170,3 +173,25 @@ class StartupFailureTests(SynchronousTestCase):
         self.assertIn("could not start (status 78); not restarted", stdout)
         self.assertNotIn("restarting in", stdout)
         self.assertLess(took, 30)
+
+
+class BindLineTests(SynchronousTestCase):
+    def test_addresses_as_nginx_writes_them(self) -> None:
+        """An IPv6 address is bracketed and a missing interface is the wildcard, as in nginx's bind() line."""
+        in_use = OSError(errno.EADDRINUSE, "Address already in use")
+        self.assertEqual(
+            str(bind_failure("--listen", "tcp6:3200", CannotListenError("", 3200, in_use))),
+            "--listen: bind() to [::]:3200 failed (98: Address already in use)",
+        )
+        self.assertEqual(
+            str(bind_failure("--listen", "tcp:3200", CannotListenError("", 3200, in_use))),
+            "--listen: bind() to 0.0.0.0:3200 failed (98: Address already in use)",
+        )
+        self.assertEqual(
+            str(
+                bind_failure(
+                    "--admin-listen", "tcp6:9901:interface=\\:\\:1", CannotListenError("::1", 9901, in_use)
+                )
+            ),
+            "--admin-listen: bind() to [::1]:9901 failed (98: Address already in use)",
+        )
