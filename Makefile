@@ -13,16 +13,18 @@ $(BIN)/python:
 
 # Editable install; setup.py also puts the checkout's root on sys.path so that
 # twistd finds twisted/plugins/sora2proxy_plugin.py (tests/test_plugin.py proves it).
+# The first line installs pyproject.toml's build requirements, so the build needs no
+# isolated environment of its own (keep the two in step).
 $(STAMP): setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=69" wheel
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test]'
 	touch $(STAMP) $(RUN_STAMP)
 
 # `make run` needs only the proxy's own dependencies, not the test tools: a
 # newcomer's first run installs less (the full install above counts as this one).
 $(RUN_STAMP): setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=69" wheel
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-build-isolation -e .
 	touch $(RUN_STAMP)
 
 # The proxy on :3200 with the demo backend on :3101 as its child; admin on 127.0.0.1:9901.
