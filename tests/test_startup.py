@@ -78,7 +78,13 @@ class StartupFailureTests(SynchronousTestCase):
         argv = [*prefix, str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--suggestion", self.marker,
                 "--upstream", f"http://127.0.0.1:{refused_port()}/api", *options]  # fmt: skip
         started = time.monotonic()
-        result = subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=60)
+        # Under coverage, a process run as another user could not write its data file.
+        env = (
+            os.environ
+            if not prefix
+            else {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+        )
+        result = subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=60, env=env)
         took = time.monotonic() - started
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         for output in (result.stdout, result.stderr):
