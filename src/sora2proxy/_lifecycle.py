@@ -125,6 +125,9 @@ def exit_when_stopped(reactor: Any, line: str, status: int) -> None:
         stream.flush()
 
     def leave() -> None:
+        # Registered last, so run first: run the others (coverage's, logging's), then exit.
+        atexit.unregister(leave)
+        atexit._run_exitfuncs()
         for out in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if out is not None:
                 out.flush()
