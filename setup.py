@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.editable_wheel import editable_wheel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +60,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     package_dir={"": "src", "twisted.plugins": "twisted/plugins"},
-    packages=["sora2proxy", "twisted.plugins"],
+    # Every package under src/ (find_packages does not see twisted.plugins: it has no __init__.py).
+    packages=[*find_packages("src"), "twisted.plugins"],
     package_data={"sora2proxy": ["py.typed"]},
     install_requires=[
         "twisted[tls]>=24.7.0",

@@ -38,9 +38,11 @@ class Child:
     full pipe would stop answering), matched line by line against patterns.
     """
 
-    def __init__(self, test: SynchronousTestCase, argv: list[str]) -> None:
+    def __init__(
+        self, test: SynchronousTestCase, argv: list[str], cwd: str = str(ROOT), **popen: Any
+    ) -> None:
         self.process = subprocess.Popen(
-            argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
         )
         self.lines: list[str] = []
         self._seen = threading.Condition()

@@ -6,17 +6,22 @@ with one-line errors for bad options and a real proxy from makeService.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 from twisted.application.service import IServiceCollection
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from sora2proxy._tap import Options, build_service
+
+from .test_cli import Child, eventually, get
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -104,6 +109,62 @@ class PluginDiscoveryTests(SynchronousTestCase):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, result.stderr)
         self.assertIn("--attempts", lines[0])
+
+
+class FreshVenvTests(SynchronousTestCase):
+    def test_wheel_in_fresh_venv(self) -> None:
+        """pip install of the wheel in a new venv has every module, the demo, the plugin and a working proxy."""
+        tmp = os.path.abspath(self.mktemp())
+        # A copy of the sources: a build/ left in the checkout would hide a package missing from setup.py.
+        checkout = Path(tmp) / "checkout"
+        leftovers = shutil.ignore_patterns("__pycache__", "dropin.cache", "*.egg-info")
+        for tree in ("src", "twisted"):
+            shutil.copytree(ROOT / tree, checkout / tree, ignore=leftovers)
+        for name in ("setup.py", "pyproject.toml", "README.rst"):
+            shutil.copy(ROOT / name, checkout / name)
+        built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp,
+                     str(checkout)], cwd=tmp)  # fmt: skip
+        self.assertEqual(built.returncode, 0, built.stderr)
+        [wheel] = Path(tmp).glob("sora2proxy-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            packed = set(archive.namelist())
+        source = ROOT / "src"
+        expected = {str(p.relative_to(source)) for p in source.rglob("*") if p.suffix in (".py", ".typed")}
+        self.assertEqual(expected - packed, set(), "files under src/ missing from the wheel")
+        self.assertIn("twisted/plugins/sora2proxy_plugin.py", packed)
+        self.assertNotIn("twisted/__init__.py", packed)
+        self.assertNotIn("twisted/plugins/__init__.py", packed)
+        # A venv of its own (no system site-packages, no checkout on its path), the
+        # dependencies from pip's configured index; no pip inside it, no .pyc: faster.
+        venv = Path(tmp) / "venv"
+        made = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        installed = run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                         "--no-compile", str(wheel)], cwd=tmp)  # fmt: skip
+        self.assertEqual(installed.returncode, 0, installed.stderr)
+        elsewhere = Path(tmp) / "elsewhere"
+        elsewhere.mkdir()
+        python, twistd = str(venv / "bin" / "python"), str(venv / "bin" / "twistd")
+        where = run(
+            [python, "-c", "import sora2proxy.demo; print(sora2proxy.demo.__file__)"], cwd=str(elsewhere)
+        )
+        self.assertTrue(where.stdout.startswith(str(venv)), where.stdout + where.stderr)
+        helped = run([twistd, "sora2proxy", "--help"], cwd=str(elsewhere))
+        self.assertEqual(helped.returncode, 0, helped.stderr)
+        self.assertIn("--upstream", helped.stdout)
+        clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        demo = Child(self, [python, "-m", "sora2proxy.demo", "--port", "0", "--interface", "127.0.0.1"],
+                     cwd=str(elsewhere), env=clean)  # fmt: skip
+        demo_port = demo.wait_for(r"demo backend listening on (\d+)").group(1)
+        proxy = Child(self, [twistd, "-n", "--pidfile=", "sora2proxy", "--listen", "tcp:0:interface=127.0.0.1",
+                             "--admin-listen", "none", "--health-interval", "0.5",
+                             "--upstream", f"http://127.0.0.1:{demo_port}/api"], cwd=str(elsewhere), env=clean)  # fmt: skip
+        port = proxy.wait_for(r"ProxySite starting on (\d+)").group(1)
+        url = f"http://127.0.0.1:{port}/api/proxy/videos"
+        self.assertTrue(eventually(lambda: get(url)[0] == 200, seconds=10), "".join(proxy.lines))
+        status, _, body = get(url)
+        self.assertEqual((status, json.loads(body)), (200, {"data": []}))
+        self.assertEqual(list(elsewhere.iterdir()), [], "nothing written where it ran")
 
 
 def _with_site_packages(probe: str) -> str:

@@ -1,10 +1,16 @@
 """
 Graceful drain: on stop (SIGTERM, Ctrl+C) the proxy turns C{/ready} to 503,
 stops accepting, lets the requests in flight finish for up to
-C{--drain-timeout} seconds, then lets the rest of the process stop.
+C{--drain-timeout} seconds, then lets the rest of the process stop.  And the
+stop of a process that cannot do its job, with a non-zero exit status.
 """
 
 from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
 
 from attrs import define, field
 from twisted.application.service import IService, MultiService, Service
@@ -87,3 +93,46 @@ class StopInOrder(MultiService):
     async def _stop_each(self) -> None:
         for child in reversed(list(self)):
             await maybeDeferred(child.stopService)
+
+
+@define
+class ExitOnce:
+    """
+    Stops the process (L{exit_when_stopped}) on the first fatal failure it
+    is told of; later ones (another worker failing the same way) add nothing.
+    """
+
+    _reactor: Any
+    _status: int | None = field(default=None, init=False)
+
+    def __call__(self, line: str, status: int) -> None:
+        if self._status is None:
+            self._status = status
+            exit_when_stopped(self._reactor, line, status)
+
+
+def exit_when_stopped(reactor: Any, line: str, status: int) -> None:
+    """
+    Stop the whole process because it cannot do its job: print C{line} on
+    the original standard error (twistd sends C{sys.stderr} to the log),
+    stop the reactor (every service stops as on SIGTERM, children included)
+    and, once twistd has cleaned up, exit with C{status} (twistd itself
+    would exit with 0).
+    """
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    def leave() -> None:
+        # Registered last, so run first: run the others (coverage's, logging's), then exit.
+        atexit.unregister(leave)
+        atexit._run_exitfuncs()
+        for out in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            if out is not None:
+                out.flush()
+        os._exit(status)
+
+    atexit.register(leave)
+    if reactor.running:
+        reactor.stop()

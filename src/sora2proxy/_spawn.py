@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -124,6 +125,9 @@ class SpawnedCommand(Service):
     @ivar last_exit: how the child last exited (C{status 1}, C{signal 9}).
     @ivar exited_at: when it last exited.
     @ivar restart_at: when it starts again, while a restart is pending.
+    @ivar fatal_status: an exit status that means restarting cannot help (a
+        worker that cannot bind its port): the child is not restarted and
+        C{on_fatal} is called with its last line of output and the status.
     """
 
     log = Logger()
@@ -133,6 +137,8 @@ class SpawnedCommand(Service):
     grace: float = 5.0
     backoff: float = 1.0
     max_backoff: float = 30.0
+    fatal_status: int | None = None
+    on_fatal: Callable[[str, int], object] | None = None
     name: str = field(init=False)
     command: str = field(init=False)
     restarts: int = field(default=0, init=False)
@@ -200,6 +206,10 @@ class SpawnedCommand(Service):
         self.last_exit, self.exited_at = how, self._reactor.seconds()
         if not self.running:
             self.log.info("[{name}] stopped ({how})", name=self.name, how=how)
+            return
+        if code is not None and code == self.fatal_status and self.on_fatal is not None:
+            self.log.error("[{name}] could not start ({how}); not restarted", name=self.name, how=how)
+            self.on_fatal(f"{self._output[-1] if self._output else ''} ({self.name})", code)
             return
         if self._reactor.seconds() - self._started_at > 10 * self.backoff:
             self._failures = 0  # it ran for a while: start the backoff over

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
@@ -20,12 +19,13 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from ._config import DEFAULT_IDENTITY_HEADERS, ConfigError, ProxyConfig, upstream_from_environment
-from ._lifecycle import DrainingListeners, StopInOrder
+from ._lifecycle import DrainingListeners, ExitOnce, StopInOrder
+from ._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
 from ._logs import JSONLinesObserver
 from ._proxy import build_proxy
 from ._site import ProxySite, QuietSite
 from ._spawn import SpawnedCommand
-from ._workers import ReusePortService, reuseport_tcp, sora2proxy_args, worker_command
+from ._workers import reuseport_tcp, sora2proxy_args, worker_command
 
 
 def _optional_int(option: str, text: str | None) -> int | None:
@@ -273,6 +273,7 @@ def _any_port(description: str) -> bool:
 
 
 def _check_endpoint(description: str, option: str = "--listen") -> None:
+    check_port_range(option, description)
     try:
         serverFromString(MemoryReactor(), description)
     except (ValueError, KeyError, TypeError, OSError, ImportError, IndexError) as e:
@@ -281,16 +282,21 @@ def _check_endpoint(description: str, option: str = "--listen") -> None:
 
 def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IService:
     """
-    The whole proxy as one service.  Its children stop one after another,
+    The whole proxy as one service, its ports already bound.  Its children stop one after another,
     last first: the public listeners drain, then the proxy (health monitors,
     pool), then the spawned commands, then the admin port (which answers
     C{/ready} 503 throughout the drain).
+
+    @raise ConfigError: a port cannot be bound.
     """
     top = _Top(config.log_format)
     if config.workers > 1 and config.worker_index is None:
+        # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
+        fatal = ExitOnce(reactor)
         for index in range(config.workers):
             command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
-            SpawnedCommand(command, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+            worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
+            worker.setServiceParent(top)  # type: ignore[no-untyped-call]
         for spec in config.spawn:
             SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
         return top
@@ -301,20 +307,16 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
         from ._admin import Admin
 
         admin = Admin(proxy.telemetry, proxy.balancer)
-        endpoint = serverFromString(reactor, config.admin_listen)
         admin_site = QuietSite(admin.resource(), reactor=reactor)
-        StreamServerEndpointService(endpoint, admin_site).setServiceParent(top)
+        listen_now("--admin-listen", config.admin_listen, reactor, admin_site).setServiceParent(top)
     for child in children:
         child.setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor)
+    bind = listen_now if config.worker_index is None else listen_shared_now
     for description in listen:
-        if config.worker_index is not None:
-            ReusePortService(reactor, description, site).setServiceParent(listeners)
-            continue
-        endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, site).setServiceParent(listeners)
+        bind("--listen", description, reactor, site).setServiceParent(listeners)
     listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
@@ -344,5 +346,5 @@ def makeService(options: Options) -> IService:
     assert options.config is not None
     try:
         return build_service(options.config, options.listen, reactor)
-    except (ValueError, OSError) as e:
-        sys.exit(f"sora2proxy: error: {e}")
+    except (ValueError, OSError) as e:  # ConfigError for a port that cannot be bound
+        exit_at_startup(e)

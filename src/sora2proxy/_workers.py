@@ -2,7 +2,8 @@
 C{--workers N}: one process per core.  The parent runs no proxy of its own:
 it starts N workers (each a whole proxy with its own health monitors) under
 the C{--spawn} machinery (output prefixed, restarted with backoff, stopped
-with the parent, never orphaned).  Workers share each public TCP port
+with the parent, never orphaned); a worker that cannot bind its port exits
+78 and stops the parent (L{sora2proxy._listening}).  Workers share each public TCP port
 through C{SO_REUSEPORT}: the kernel spreads connections across them.  The
 admin port is served by worker 0.
 """
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from ._config import ConfigError
@@ -90,13 +92,19 @@ def reuseport_tcp(description: str) -> tuple[str, int]:
 def listen_reuseport(reactor: Any, description: str, factory: Any) -> IListeningPort:
     """
     Listen on a TCP port that other workers share (C{SO_REUSEPORT}).
+
+    @raise CannotListenError: the port cannot be bound.
     """
     interface, port = reuseport_tcp(description)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((interface, port))
+    try:
+        sock.bind((interface, port))
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
     sock.listen(1024)
     sock.setblocking(False)
     try:
@@ -104,23 +112,3 @@ def listen_reuseport(reactor: Any, description: str, factory: Any) -> IListening
     finally:
         sock.close()  # the reactor holds its own duplicate
     return listening
-
-
-class ReusePortService:
-    """
-    A listening service on a shared TCP port (see L{listen_reuseport}).
-    """
-
-    def __new__(cls, reactor: Any, description: str, factory: Any) -> Any:
-        from twisted.application.service import Service
-
-        class _Listening(Service):
-            def startService(self) -> None:
-                Service.startService(self)
-                self.port = listen_reuseport(reactor, description, factory)
-
-            def stopService(self) -> Any:
-                Service.stopService(self)
-                return self.port.stopListening()
-
-        return _Listening()
