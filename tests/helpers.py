@@ -22,9 +22,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._health import HealthState
-from sora2proxy._resource import ProxyResource
-from sora2proxy._site import ProxySite
+from sora2proxy.forward._resource import ProxyResource
+from sora2proxy.http._site import ProxySite
+from sora2proxy.resilience._health import HealthState
 
 reactor: Any = _reactor
 

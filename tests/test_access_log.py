@@ -15,7 +15,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ProxyConfig
-from sora2proxy._access_log import (
+from sora2proxy._config import ConfigError
+from sora2proxy.ops._access_log import (
     FLUSH_EVERY,
     FLUSH_LINES,
     FileSink,
@@ -24,7 +25,6 @@ from sora2proxy._access_log import (
     access_sink,
     escaped,
 )
-from sora2proxy._config import ConfigError
 
 from .helpers import MemoryHarness, RecordingUpstream
 from .test_cli import get, start_backend, start_proxy_process

@@ -24,8 +24,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._admin import Admin
-from sora2proxy._site import ProxySite, QuietSite
+from sora2proxy.http._site import ProxySite, QuietSite
+from sora2proxy.ops._admin import Admin
 
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor, refused_port, wait
 from .test_cli import BIN, Child, get, start_backend, start_proxy_process
@@ -205,7 +205,7 @@ class AdminHostTests(SynchronousTestCase):
         from twisted.web.resource import IResource, Resource
         from zope.interface.verify import verifyObject
 
-        from sora2proxy._admin_hosts import LocalHostsOnly
+        from sora2proxy.ops._admin_hosts import LocalHostsOnly
 
         self.assertTrue(verifyObject(IResource, LocalHostsOnly(Resource())))
 
@@ -215,7 +215,7 @@ class AdminHostTests(SynchronousTestCase):
 
     def test_host_rule(self) -> None:
         """Loopback names and addresses with or without a port, and the address reached, pass; all else is refused."""
-        from sora2proxy._admin_hosts import host_allowed
+        from sora2proxy.ops._admin_hosts import host_allowed
 
         allowed = [b"localhost", b"LocalHost:9901", b"127.0.0.1", b"127.0.0.1:9901", b"127.9.8.7:1",
                    b"[::1]", b"[::1]:9901", b"[0:0:0:0:0:0:0:1]:80", b"10.1.2.3:9901"]  # fmt: skip
@@ -449,7 +449,7 @@ class JSONLinesTests(SynchronousTestCase):
         from twisted.logger import LogLevel
         from twisted.python.failure import Failure
 
-        from sora2proxy._logs import JSONLinesObserver
+        from sora2proxy.ops._logs import JSONLinesObserver
 
         out = io.StringIO()
         observer = JSONLinesObserver(out)
@@ -457,7 +457,7 @@ class JSONLinesTests(SynchronousTestCase):
             {
                 "log_format": "{method} {path} {status}",
                 "log_level": LogLevel.info,
-                "log_namespace": "sora2proxy._resource.ProxyResource",
+                "log_namespace": "sora2proxy.forward._resource.ProxyResource",
                 "log_time": 5.0,
                 "method": "GET",
                 "path": "/api/proxy/a",
@@ -481,8 +481,8 @@ class JSONLinesTests(SynchronousTestCase):
 class WindowCountTests(SynchronousTestCase):
     def test_counts_the_last_minute_in_bounded_memory(self) -> None:
         """Rates count events of the last RATE_WINDOW seconds, one bucket a second, however many events."""
-        from sora2proxy._windows import WINDOW as RATE_WINDOW
-        from sora2proxy._windows import WindowCount
+        from sora2proxy.ops._windows import WINDOW as RATE_WINDOW
+        from sora2proxy.ops._windows import WindowCount
 
         count = WindowCount()
         for tick in range(3000):  # 50 events a second for 60 s

@@ -31,9 +31,9 @@ from twisted.web.http_headers import Headers
 
 from sora2proxy import ProxyConfig
 from sora2proxy._errors import ERROR_KINDS, reason_phrase
-from sora2proxy._messages import UNREACHABLE, suggestion_for
-from sora2proxy._resource import ProxyResource
-from sora2proxy._site import ProxySite
+from sora2proxy.forward._messages import UNREACHABLE, suggestion_for
+from sora2proxy.forward._resource import ProxyResource
+from sora2proxy.http._site import ProxySite
 
 from .helpers import LoopbackMixin, MemoryHarness, RecordingUpstream, reactor, refused_port
 from .test_cli import get, start_proxy_process

@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from sora2proxy import ConfigError, ProxyConfig
-from sora2proxy._site import ProxySite
-from sora2proxy._workers import reuseport_tcp, sora2proxy_args
+from sora2proxy.http._site import ProxySite
+from sora2proxy.ops._workers import reuseport_tcp, sora2proxy_args
 
 
 class Hello(Resource):

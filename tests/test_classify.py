@@ -18,8 +18,8 @@ from twisted.web._newclient import (
 from twisted.web.client import URI
 
 from sora2proxy import classify
-from sora2proxy._classify import TryTimedOut
-from sora2proxy._endpoints import UpstreamEndpoints
+from sora2proxy.http._endpoints import UpstreamEndpoints
+from sora2proxy.resilience._classify import TryTimedOut
 
 
 def kind_of(exc: BaseException) -> tuple[str, bool] | None:

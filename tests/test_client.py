@@ -16,8 +16,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web._newclient import ResponseFailed
 from twisted.web.client import PartialDownloadError, readBody
 
-from sora2proxy._client import UpstreamClient
-from sora2proxy._endpoints import UpstreamEndpoints
+from sora2proxy.http._client import UpstreamClient
+from sora2proxy.http._endpoints import UpstreamEndpoints
 
 from .helpers import CountingSite, LoopbackMixin, RecordingUpstream, reactor, refused_port, wait
 

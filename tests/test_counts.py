@@ -12,7 +12,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram as PromHistogram
 from twisted.trial.unittest import SynchronousTestCase
 
-from sora2proxy._counts import CountedMetrics
+from sora2proxy.ops._counts import CountedMetrics
 
 BOUNDS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from sora2proxy._eager import send_now
+from sora2proxy.http._eager import send_now
 
 from .helpers import reactor, wait
 

@@ -18,10 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from sora2proxy._ejection import Ejection
-from sora2proxy._health import HealthState
-from sora2proxy._metrics import Telemetry
-from sora2proxy._upstreams import Upstream, serving_state
+from sora2proxy.ops._metrics import Telemetry
+from sora2proxy.resilience._ejection import Ejection
+from sora2proxy.resilience._health import HealthState
+from sora2proxy.resilience._upstreams import Upstream, serving_state
 
 from .test_resource import scripted
 from .test_retry_rules import UP_A, UP_B, Harness

@@ -19,8 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._admin import Admin
-from sora2proxy._site import ProxySite, QuietSite
+from sora2proxy.http._site import ProxySite, QuietSite
+from sora2proxy.ops._admin import Admin
 
 from .helpers import LoopbackMixin, json_of, reactor, wait
 

@@ -11,8 +11,8 @@ from twisted.web.resource import IResource
 from zope.interface.verify import verifyObject
 
 import sora2proxy
-from sora2proxy._attempt import ReplayableBody
-from sora2proxy._endpoints import UpstreamEndpoints
+from sora2proxy.forward._attempt import ReplayableBody
+from sora2proxy.http._endpoints import UpstreamEndpoints
 
 
 class ExportTests(SynchronousTestCase):

@@ -341,7 +341,7 @@ class TLSTests(LoopbackMixin, TestCase):
         from twisted.internet.endpoints import serverFromString
 
         from sora2proxy import ProxyConfig, build_proxy
-        from sora2proxy._site import ProxySite
+        from sora2proxy.http._site import ProxySite
 
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)

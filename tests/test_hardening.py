@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sora2proxy._paths import TargetRefused, check_target
+from sora2proxy.forward._paths import TargetRefused, check_target
 
 from .test_cli import get, start_backend, start_proxy_process
 

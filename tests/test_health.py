@@ -16,7 +16,7 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from sora2proxy import Health, HealthMonitor, HealthState, ProxyConfig
-from sora2proxy._resource import ProxyResource
+from sora2proxy.forward._resource import ProxyResource
 
 from .helpers import RecordingUpstream
 

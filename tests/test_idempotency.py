@@ -19,8 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._idempotency_memory import MemoryStore
-from sora2proxy._idempotency_store import Entry, StoredResponse
+from sora2proxy.idempotency._memory import MemoryStore
+from sora2proxy.idempotency._store import Entry, StoredResponse
 
 UPSTREAM = "http://backend.test:3101/api"
 

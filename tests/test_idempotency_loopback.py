@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from sora2proxy._idempotency_store import Entry, StoredResponse, StoreFull, redis_store
+from sora2proxy.idempotency._store import Entry, StoredResponse, StoreFull, redis_store
 
 from .helpers import LoopbackMixin, json_of, reactor, refused_port
 from .test_cli import Child, eventually, get, start_backend, start_proxy_process

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sora2proxy._idempotency_memory import MemoryStore
-from sora2proxy._idempotency_store import Entry, StoredResponse, StoreFull
+from sora2proxy.idempotency._memory import MemoryStore
+from sora2proxy.idempotency._store import Entry, StoredResponse, StoreFull
 
 from .test_idempotency import Harness
 

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from sora2proxy._health import Health
+from sora2proxy.resilience._health import Health
 
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor, refused_port
 

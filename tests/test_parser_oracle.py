@@ -28,8 +28,8 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from sora2proxy import ProxyConfig
-from sora2proxy._client import UpstreamClient
-from sora2proxy._resource import ProxyResource
+from sora2proxy.forward._resource import ProxyResource
+from sora2proxy.http._client import UpstreamClient
 
 
 class _Upstream(StringTransport):

@@ -18,8 +18,8 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._site import QuietSite
 from sora2proxy._tap import Options
+from sora2proxy.http._site import QuietSite
 
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor
 

@@ -20,8 +20,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from sora2proxy import ProxyConfig
-from sora2proxy._health import HealthState
-from sora2proxy._resource import ProxyResource
+from sora2proxy.forward._resource import ProxyResource
+from sora2proxy.resilience._health import HealthState
 
 from .helpers import MemoryHarness, RecordingUpstream
 

@@ -17,8 +17,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from sora2proxy import ProxyConfig, build_proxy
-from sora2proxy._budget import RetryBudget
-from sora2proxy._retry import RetryPolicy, parse_retry_after
+from sora2proxy.resilience._budget import RetryBudget
+from sora2proxy.resilience._retry import RetryPolicy, parse_retry_after
 
 from .test_resource import ScriptedAgent, scripted
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from sora2proxy._spawn import SpawnedCommand, name_and_command
+from sora2proxy.ops._spawn import SpawnedCommand, name_and_command
 
 from .helpers import reactor, wait
 from .test_cli import BIN, Child

@@ -21,7 +21,7 @@ from pathlib import Path
 from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from sora2proxy._listening import bind_failure
+from sora2proxy.ops._listening import bind_failure
 
 from .helpers import refused_port
 from .test_cli import BIN

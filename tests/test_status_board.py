@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sora2proxy._status import (
+from sora2proxy.ops._status import (
     MAX_ERROR_TYPES,
     StatusBoard,
     duration,
@@ -24,7 +24,7 @@ from sora2proxy._status import (
     percent,
     render_status,
 )
-from sora2proxy._windows import LatencyWindow
+from sora2proxy.ops._windows import LatencyWindow
 
 #: A quantile read from a bucket is its geometric middle: within sqrt(1.05) - 1 of the exact value.
 TOLERANCE = 0.025

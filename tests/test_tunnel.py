@@ -22,8 +22,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from sora2proxy._retry import RetryPolicy
-from sora2proxy._websocket import ABORT_AFTER, Tunnel
+from sora2proxy.forward._websocket import ABORT_AFTER, Tunnel
+from sora2proxy.resilience._retry import RetryPolicy
 
 from .helpers import LoopbackMixin, eventually, reactor
 from .test_fidelity import Raw

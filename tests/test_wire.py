@@ -27,10 +27,10 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from sora2proxy._chunked import ChunkedEncoder
-from sora2proxy._classify import classify
-from sora2proxy._reader import MAX_HEAD, MAX_HEADERS, MAX_TRAILERS, WireError
-from sora2proxy._wire import UpstreamConnection
+from sora2proxy.http._chunked import ChunkedEncoder
+from sora2proxy.http._reader import MAX_HEAD, MAX_HEADERS, MAX_TRAILERS, WireError
+from sora2proxy.http._wire import UpstreamConnection
+from sora2proxy.resilience._classify import classify
 
 
 class Body(Protocol):

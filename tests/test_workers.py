@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sora2proxy._workers import worker_argv
+from sora2proxy.ops._workers import worker_argv
 
 from .helpers import refused_port
 from .test_cli import BIN, Child, get, start_backend

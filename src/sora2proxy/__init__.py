@@ -11,13 +11,13 @@ Embedding::
     site = Site(proxy.resource)
 """
 
-from ._classify import TryFailure, classify
 from ._config import ConfigError, ProxyConfig
 from ._errors import ERROR_KINDS, ErrorKind, ProxyError
-from ._health import Health, HealthMonitor, HealthState
 from ._proxy import Proxy, build_proxy
-from ._resource import ProxyResource
-from ._retry import IDEMPOTENT_METHODS, GaveUp, RetryDecision, RetryLoop, RetryPolicy
+from .forward._resource import ProxyResource
+from .resilience._classify import TryFailure, classify
+from .resilience._health import Health, HealthMonitor, HealthState
+from .resilience._retry import IDEMPOTENT_METHODS, GaveUp, RetryDecision, RetryLoop, RetryPolicy
 
 __all__ = [
     "ERROR_KINDS",

@@ -15,19 +15,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
-from ._access_log import FileSink, access_sink
-from ._budget import RetryBudget
-from ._client import UpstreamClient
 from ._config import ProxyConfig
-from ._endpoints import UpstreamEndpoints, tls_policy
-from ._health import HealthMonitor, HealthState
-from ._idempotency import IdempotencyGuard
-from ._idempotency_memory import MemoryStore
-from ._idempotency_store import IdempotencyStore, redis_store
-from ._messages import SpawnedChild
-from ._metrics import Telemetry
-from ._resource import ProxyResource
-from ._upstreams import Balancer, balancer_for
+from .forward._messages import SpawnedChild
+from .forward._resource import ProxyResource
+from .http._client import UpstreamClient
+from .http._endpoints import UpstreamEndpoints, tls_policy
+from .idempotency._guard import IdempotencyGuard
+from .idempotency._memory import MemoryStore
+from .idempotency._store import IdempotencyStore, redis_store
+from .ops._access_log import FileSink, access_sink
+from .ops._metrics import Telemetry
+from .resilience._budget import RetryBudget
+from .resilience._health import HealthMonitor, HealthState
+from .resilience._upstreams import Balancer, balancer_for
 
 #: Idle upstream connections kept per host: enough for the concurrency of a
 #: busy process (Twisted's default, 2, opens a new connection per request).

@@ -19,13 +19,13 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from ._config import DEFAULT_IDENTITY_HEADERS, ConfigError, ProxyConfig, upstream_from_environment
-from ._lifecycle import DrainingListeners, ExitOnce, StopInOrder
-from ._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
-from ._logs import JSONLinesObserver
 from ._proxy import build_proxy
-from ._site import ProxySite, QuietSite
-from ._spawn import SpawnedCommand
-from ._workers import reuseport_tcp, sora2proxy_args, worker_command
+from .http._site import ProxySite, QuietSite
+from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
+from .ops._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
+from .ops._logs import JSONLinesObserver
+from .ops._spawn import SpawnedCommand
+from .ops._workers import reuseport_tcp, sora2proxy_args, worker_command
 
 
 def _optional_int(option: str, text: str | None) -> int | None:
@@ -304,7 +304,7 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
     proxy = build_proxy(config, reactor, children=children)
     if config.admin_listen is not None:
         # Klein imports the global reactor: only here, after twistd installed it.
-        from ._admin import Admin
+        from .ops._admin import Admin
 
         admin = Admin(proxy.telemetry, proxy.balancer)
         admin_site = QuietSite(admin.resource(), reactor=reactor)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
-    from .._site import QuietSite
+    from ..http._site import QuietSite
     from ._app import DemoBackend, Faults
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)

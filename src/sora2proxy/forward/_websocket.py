@@ -23,10 +23,10 @@ from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from ._classify import classify
-from ._errors import INTERNAL, TIMEOUT, ErrorKind
-from ._headers import REQUEST_ID, VIA
-from ._retry import RetryPolicy
+from .._errors import INTERNAL, TIMEOUT, ErrorKind
+from ..http._headers import REQUEST_ID, VIA
+from ..resilience._classify import classify
+from ..resilience._retry import RetryPolicy
 
 #: The longest upstream response head accepted.
 MAX_HEAD = 64 * 1024

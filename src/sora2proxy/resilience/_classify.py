@@ -17,7 +17,7 @@ from twisted.web._newclient import (
     ResponseNeverReceived,
 )
 
-from ._errors import ECONNREFUSED, TIMEOUT, UPSTREAM_ERROR, UPSTREAM_TLS_ERROR, ErrorKind
+from .._errors import ECONNREFUSED, TIMEOUT, UPSTREAM_ERROR, UPSTREAM_TLS_ERROR, ErrorKind
 
 
 @frozen

@@ -1,7 +1,7 @@
 """
 Where Idempotency-Key outcomes are kept: the store protocol, its values,
 and L{RedisStore} (shared by every worker and instance; the per-process
-store is L{sora2proxy._idempotency_memory.MemoryStore}).  An entry is either
+store is L{sora2proxy.idempotency._memory.MemoryStore}).  An entry is either
 a request in flight or the answer stored for replay.  Every operation names
 the caller (its L{sora2proxy._identity.Identity} digest), so that a store
 can bound entries per caller.

@@ -20,11 +20,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ._access_log import AccessSink
-from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
-from ._budget import RetryBudget
-from ._config import ProxyConfig
-from ._errors import (
+from .._config import ProxyConfig
+from .._errors import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
     NOT_FOUND,
@@ -32,18 +29,21 @@ from ._errors import (
     OVERLOADED,
     ErrorKind,
 )
-from ._headers import REQUEST_ID, request_id_from
-from ._health import HealthState
-from ._idempotency import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
-from ._identity import IdentityRule
+from .._identity import IdentityRule
+from ..http._headers import REQUEST_ID, request_id_from
+from ..http._site import body_too_large_message
+from ..idempotency._guard import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
+from ..ops._access_log import AccessSink
+from ..ops._metrics import REPLAYED, Telemetry
+from ..resilience._budget import RetryBudget
+from ..resilience._health import HealthState
+from ..resilience._retry import GaveUp, RetryLoop, RetryPolicy
+from ..resilience._upstreams import Balancer, RequestRouter, Upstream, balancer_for
+from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
 from ._messages import SpawnedChild, gave_up_message, unavailable
-from ._metrics import REPLAYED, Telemetry
 from ._paths import TargetRefused, check_target
 from ._relay import BodyRelay, start_response, write_replay
 from ._respond import RequestContext, Responder, client_connected
-from ._retry import GaveUp, RetryLoop, RetryPolicy
-from ._site import body_too_large_message
-from ._upstreams import Balancer, RequestRouter, Upstream, balancer_for
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 

@@ -1,6 +1,6 @@
 """
 Several upstreams: each with its health and its passive outlier detection
-(L{sora2proxy._ejection.Ejection}), a L{Balancer} that picks one for each try, the
+(L{sora2proxy.resilience._ejection.Ejection}), a L{Balancer} that picks one for each try, the
 L{RequestRouter} that one request's retry loop sends its tries through, and
 L{serving_state}, the one word that C{/ready}, C{/status.json} and the status
 page agree on.
@@ -17,11 +17,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
+from .._config import ProxyConfig, base_of
+from ..ops._metrics import Telemetry
 from ._classify import TryFailure
-from ._config import ProxyConfig, base_of
 from ._ejection import GATEWAY_FAILURES, Ejection
 from ._health import HISTORY, HealthState
-from ._metrics import Telemetry
 
 #: The words of L{serving_state}.
 SERVING, DEGRADED, NOT_READY = "serving", "degraded", "not ready"

@@ -12,9 +12,9 @@ from typing import Any
 
 from twisted.web.server import Request, Site
 
+from .._config import ProxyConfig
+from .._errors import BODY_TOO_LARGE, raw_error, sees_internals
 from ._channel import ProxyChannel
-from ._config import ProxyConfig
-from ._errors import BODY_TOO_LARGE, raw_error, sees_internals
 from ._headers import request_id_from
 
 

@@ -20,7 +20,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ._headers import (
+from ..http._headers import (
     HOP_BY_HOP,
     REQUEST_ID,
     SET_BY_CLIENT,

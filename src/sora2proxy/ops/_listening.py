@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
-from ._config import ConfigError
+from .._config import ConfigError
 
 #: The exit status of a start-up failure (a bad option, a port that cannot
 #: be bound): C{EX_CONFIG} of C{sysexits.h}.  Restarting will not help.

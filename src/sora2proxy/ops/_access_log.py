@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ._config import ProxyConfig
+from .._config import ProxyConfig
 
 #: Seconds between writes of the buffered lines.
 FLUSH_EVERY = 0.05

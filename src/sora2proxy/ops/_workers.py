@@ -3,7 +3,7 @@ C{--workers N}: one process per core.  The parent runs no proxy of its own:
 it starts N workers (each a whole proxy with its own health monitors) under
 the C{--spawn} machinery (output prefixed, restarted with backoff, stopped
 with the parent, never orphaned); a worker that cannot bind its port exits
-78 and stops the parent (L{sora2proxy._listening}).  Workers share each public TCP port
+78 and stops the parent (L{sora2proxy.ops._listening}).  Workers share each public TCP port
 through C{SO_REUSEPORT}: the kernel spreads connections across them.  The
 admin port is served by worker 0.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
-from ._config import ConfigError
+from .._config import ConfigError
 
 #: Options the parent keeps for itself.
 _PARENT_ONLY = {"--workers", "--spawn", "--admin-listen"}
@@ -61,7 +61,7 @@ def sora2proxy_args(argv: Sequence[str]) -> list[str]:
 
 def worker_command(argv: Sequence[str], index: int, admin_listen: str | None) -> str:
     """
-    The worker's command for L{sora2proxy._spawn.SpawnedCommand} (C{NAME=COMMAND}).
+    The worker's command for L{sora2proxy.ops._spawn.SpawnedCommand} (C{NAME=COMMAND}).
     """
     return f"worker-{index}=" + shlex.join(worker_argv(argv, index, admin_listen))
 

@@ -2,7 +2,7 @@
 L{StatusBoard}: errors grouped by type, rates and latencies for the status
 page, and the page itself (HTML that refreshes itself; C{/status.json} has
 the same data).  Memory is bounded: counts and latencies are kept a second
-at a time over a fixed window (L{sora2proxy._windows}), errors as one group
+at a time over a fixed window (L{sora2proxy.ops._windows}), errors as one group
 per type with its latest example.
 """
 
@@ -28,7 +28,7 @@ MAX_ERROR_TYPES = 64
 
 class UpstreamView(Protocol):
     """
-    What the page shows of an upstream (an L{sora2proxy._upstreams.Upstream}).
+    What the page shows of an upstream (an L{sora2proxy.resilience._upstreams.Upstream}).
     """
 
     url: str

@@ -1,6 +1,6 @@
 """
 The chunked transfer coding (RFC 9112 section 7.1) for request bodies of
-unknown length (llhttp decodes the responses: see L{sora2proxy._reader}).
+unknown length (llhttp decodes the responses: see L{sora2proxy.http._reader}).
 
 This module imports nothing of the package.
 """

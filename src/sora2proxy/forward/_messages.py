@@ -5,7 +5,7 @@ of each error type, the words a client outside the proxy's host reads
 instead, and what an error says of a C{--spawn} child that exited.
 
 The C{--spawn} children are known here only as L{SpawnedChild}, a
-C{Protocol} that L{sora2proxy._spawn.SpawnedCommand} fits: nothing of the
+C{Protocol} that L{sora2proxy.ops._spawn.SpawnedCommand} fits: nothing of the
 process supervision is imported.
 """
 
@@ -18,16 +18,16 @@ from typing import Any, Protocol
 
 from attrs import frozen
 
-from ._config import ProxyConfig
-from ._errors import (
+from .._config import ProxyConfig
+from .._errors import (
     CIRCUIT_OPEN,
     ECONNREFUSED,
     HEALTH_CHECK_FAILED,
     TIMEOUT,
     ErrorKind,
 )
-from ._retry import GaveUp
-from ._upstreams import Balancer
+from ..resilience._retry import GaveUp
+from ..resilience._upstreams import Balancer
 
 TLS_SUGGESTION = (
     "Check the upstream's certificate, or trust its CA with --upstream-ca FILE "
@@ -118,7 +118,7 @@ def public_words(kind: ErrorKind, message: str, suggestion: str, config: ProxyCo
 class SpawnedChild(Protocol):
     """
     A C{--spawn} child as error answers see it
-    (L{sora2proxy._spawn.SpawnedCommand} is one).
+    (L{sora2proxy.ops._spawn.SpawnedCommand} is one).
     """
 
     @property

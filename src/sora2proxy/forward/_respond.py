@@ -20,11 +20,11 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from ._access_log import AccessSink, access_sink, escaped
-from ._config import ProxyConfig
-from ._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from .._config import ProxyConfig
+from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from ..ops._access_log import AccessSink, access_sink, escaped
+from ..ops._metrics import Telemetry
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
-from ._metrics import Telemetry
 
 
 @define

@@ -17,7 +17,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from ._idempotency_store import Entry, StoreFull
+from ._store import Entry, StoreFull
 
 
 @define

@@ -23,10 +23,10 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from ._errors import ErrorKind
-from ._headers import REQUEST_ID
-from ._idempotency_store import Entry, IdempotencyStore, StoredResponse, StoreFull, StoreUnavailable
-from ._identity import Identity
+from .._errors import ErrorKind
+from .._identity import Identity
+from ..http._headers import REQUEST_ID
+from ._store import Entry, IdempotencyStore, StoredResponse, StoreFull, StoreUnavailable
 
 #: Methods whose Idempotency-Key the proxy enforces.
 CHECKED_METHODS = frozenset({b"POST", b"PATCH"})

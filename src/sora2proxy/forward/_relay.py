@@ -16,9 +16,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._errors import reason_phrase
-from ._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
-from ._idempotency_store import StoredResponse
+from .._errors import reason_phrase
+from ..http._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
+from ..idempotency._store import StoredResponse
 
 
 class BodyRelay(Protocol):

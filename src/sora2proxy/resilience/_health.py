@@ -22,9 +22,9 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from .._errors import ECONNREFUSED
+from ..ops._metrics import Telemetry
 from ._classify import TryFailure, classify
-from ._errors import ECONNREFUSED
-from ._metrics import Telemetry
 
 #: Health samples kept per upstream for the status page's timeline.
 HISTORY = 120

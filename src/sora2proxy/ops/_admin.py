@@ -13,10 +13,10 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.server import Request
 
+from ..resilience._upstreams import NOT_READY, Balancer, serving_state, usable
 from ._admin_hosts import LocalHostsOnly
 from ._metrics import Telemetry
 from ._status import render_status
-from ._upstreams import NOT_READY, Balancer, serving_state, usable
 
 
 @define

@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
 
+from .._errors import BAD_REQUEST, ErrorKind, raw_error
 from ._eager import send_now
-from ._errors import BAD_REQUEST, ErrorKind, raw_error
 from ._headers import new_request_id, valid_host
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
