@@ -156,6 +156,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--big-mib", type=int, default=256)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with its own .venv) run as a second sora2proxy contender, interleaved",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("nginx"):
         print("make bench needs wrk and nginx (Debian: wrk nginx-light); skipping")
@@ -173,13 +178,16 @@ def main() -> None:
         'wrk.method = "POST"\nwrk.body = \'{"prompt": "\' .. string.rep("x", 1048576 - 14) .. \'"}\'\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    ports = {name: free_port() for name in ("direct", "proxied", "demo", "rpr", "s2p", "admin", "next")}
+    ports = {
+        name: free_port()
+        for name in ("direct", "proxied", "demo", "rpr", "s2p", "admin", "next", "base", "badmin")
+    }
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, **ports))
     children: list[subprocess.Popen[bytes]] = []
 
-    def spawn(cpu: int, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(cpu: int, argv: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         log = (tmp / f"child-{len(children)}.log").open("wb")
-        child = subprocess.Popen(pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        child = subprocess.Popen(pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         children.append(child)
         return child
 
@@ -194,6 +202,15 @@ def main() -> None:
                         f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
                         f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
                         "--max-inflight", "100000", "--access-log", str(tmp / "access.log")])  # fmt: skip
+        if args.baseline:
+            base_bin = args.baseline.resolve() / ".venv" / "bin"
+            spawn(0, [str(base_bin / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
+                      f"tcp:{ports['base']}:interface=127.0.0.1", "--admin-listen",
+                      f"tcp:{ports['badmin']}:interface=127.0.0.1", "--upstream",
+                      f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
+                      "--max-inflight", "100000", "--access-log", str(tmp / "access-baseline.log")],
+                  cwd=args.baseline.resolve())  # fmt: skip
+            wait_port(ports["base"])
         workers_port = free_port()
         spawn(-1, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy",
                    "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
@@ -212,6 +229,8 @@ def main() -> None:
             "sora2proxy": f"http://127.0.0.1:{ports['s2p']}",
             "sora2proxy 2 workers*": f"http://127.0.0.1:{workers_port}",
         }
+        if args.baseline:
+            contenders["sora2proxy baseline"] = f"http://127.0.0.1:{ports['base']}"
         if nextjs:
             contenders["Next.js route (seed)"] = f"http://127.0.0.1:{ports['next']}"
         scenarios = {
