@@ -183,3 +183,5 @@ class EmbeddingTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["uri"], "/api/videos?page=2")
         status, _, body = get(f"http://127.0.0.1:{port}/")
         self.assertEqual((status, body), (200, b"my app"))
+        status, _, body = get(f"http://127.0.0.1:{port}/api/proxy/")
+        self.assertEqual(json.loads(body)["uri"], "/api/")

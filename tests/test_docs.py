@@ -145,7 +145,7 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(found, [embedding_example("putChild"), embedding_example("Klein()")])
 
     def test_klein_example(self) -> None:
-        """The Klein example serves its page and forwards raw path, query and body to the backend and back."""
+        """The Klein example serves its page and forwards raw path, query and body to the backend and back (but /api/proxy/ alone: Klein's 404)."""
         source = embedding_example("Klein()")
         self.assertIn('@app.route("/api/proxy", branch=True)', source)
         backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
@@ -170,3 +170,7 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(answer, {"method": "POST", "uri": "/api/videos", "body": '{"prompt": "a cat"}'})
         status, _, body = get(base + "/")
         self.assertEqual((status, body), (200, b"my app"))
+        status, _, body = get(base + "/api/proxy")
+        self.assertEqual((status, json.loads(body)["uri"]), (200, "/api"))
+        status, headers, _ = get(base + "/api/proxy/")
+        self.assertEqual((status, "X-Request-Id" in headers), (404, False))
