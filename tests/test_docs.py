@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy._config import DEFAULT_UPSTREAM
 
-from .test_cli import Child, eventually, get
+from .helpers import refused_port
+from .test_cli import Child, eventually, get, start_proxy_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
@@ -174,3 +176,86 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual((status, json.loads(body)["uri"]), (200, "/api"))
         status, headers, _ = get(base + "/api/proxy/")
         self.assertEqual((status, "X-Request-Id" in headers), (404, False))
+
+
+def readme_literal(after: str) -> list[str]:
+    """
+    The lines of the README's literal block introduced by the line ending with C{after}.
+    """
+    text = (ROOT / "README.rst").read_text()
+    block = text.split(after + "\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return [line for line in lines if line]
+
+
+def curl(command: str) -> str:
+    """
+    Run one shell command line from the README (a curl), return what it printed.
+    """
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
+    return done.stdout
+
+
+class FirstScreenTests(SynchronousTestCase):
+    def test_curls_as_written(self) -> None:
+        """The README's curls, run as written against the proxy and the demo as `make run` starts them (free ports instead of 3200, 9901, 3101), answer as their comments say."""
+        demo_port = refused_port()
+        spawn = f"demo={sys.executable} -m sora2proxy.demo --port {demo_port}"
+        proxy, port = start_proxy_process(
+            self,
+            "--health-interval", "1", "--spawn", spawn, "--upstream", f"http://localhost:{demo_port}/api",
+            "--admin-listen", "tcp:0:interface=127.0.0.1",
+        )  # fmt: skip
+        [admin] = [
+            m.group(1) for line in proxy.lines if (m := re.search(r"\[-\] QuietSite starting on (\d+)", line))
+        ]
+        ok = eventually(lambda: get(f"http://127.0.0.1:{port}/api/proxy/videos")[0] == 200, seconds=15)
+        self.assertTrue(ok, "".join(proxy.lines))
+        commands = readme_literal("In a second terminal::")
+        self.assertEqual(len(commands), 5, commands)
+        outputs = []
+        for command in commands:
+            command = command.replace("localhost:3200", f"127.0.0.1:{port}")
+            command = command.replace("localhost:9901", f"127.0.0.1:{admin}")
+            command = command.replace("xdg-open ", "curl -s ")  # no browser here: read the page
+            command = command.replace("curl -N ", "curl -N --max-time 2 ")  # the stream lasts 6 s
+            outputs.append(curl(command))
+        self.assertIn("HTTP/1.1 200 OK", outputs[0])
+        self.assertIn('{"data": [', outputs[0])
+        self.assertIn('"id": "video_1", "prompt": "a cat on a skateboard"', outputs[1])
+        self.assertIn('event: progress\ndata: {"id": "video_1"', outputs[2])
+        self.assertIn('{"ready": true, "state": "serving"', outputs[3])
+        self.assertIn("<html", outputs[4])
+        self.assertIn("serving", outputs[4])
+
+    def test_down_backend_as_shown(self) -> None:
+        """The README's proxy-alone command with no backend answers the 503 the README shows, headers and body."""
+        [command] = readme_literal("(``--pidfile=``: no ``twistd.pid`` file is written)::")
+        self.assertEqual(command, ".venv/bin/twistd -n --pidfile= sora2proxy")
+        [shown_command] = re.findall(r"Now ``(curl -i [^`]+)`` answers", (ROOT / "README.rst").read_text())
+        shown = readme_literal(f"Now ``{shown_command}`` answers at once::")
+        # The README's command with its defaults (upstream localhost:3101), on free ports.
+        demo_port = refused_port()
+        proxy, port = start_proxy_process(
+            self, "--upstream", f"http://localhost:{demo_port}/api", "--admin-listen", "none"
+        )
+        proxy.wait_for(r"is down \(connection refused\)")  # the first health check, at start
+        answer = curl(shown_command.replace("localhost:3200", f"127.0.0.1:{port}")).replace(
+            str(demo_port), "3101"
+        )
+        head, _, body = answer.replace("\r", "").partition("\n\n")
+        shown_head = shown[: shown.index(next(line for line in shown if line.startswith("{")))]
+        self.assertEqual(head.splitlines()[0], shown_head[0])
+        names = [line.split(":")[0] for line in head.splitlines()[1:]]
+        for line in shown_head[1:]:
+            self.assertIn(line.split(":")[0], names)
+        self.assertIn("Retry-After: 5", head)
+        shown_body = json.loads(" ".join(shown[len(shown_head) :]))
+        actual = json.loads(body)
+        for each in (shown_body, actual):
+            del each["details"]["requestId"]
+        self.assertEqual(actual, shown_body)
