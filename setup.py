@@ -79,6 +79,7 @@ setup(
             "pytest-twisted>=1.14",
             "coverage[toml]>=7",
             "hypothesis>=6",
+            "docutils>=0.20",
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "ruff>=0.5",

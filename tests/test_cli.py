@@ -1,6 +1,6 @@
 """
 End to end as a user runs it, in subprocesses: twistd with no backend, then a
-backend started later; and the README's embedding example.
+backend started later; and the embedding example of docs/embedding.rst.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class NewUserTests(SynchronousTestCase):
 
 
 def readme_example() -> str:
-    text = (ROOT / "README.rst").read_text()
+    text = (ROOT / "docs" / "embedding.rst").read_text()
     block = text.split(".. code-block:: python", 1)[1]
     lines = []
     for line in block.splitlines()[1:]:
@@ -170,7 +170,7 @@ def readme_example() -> str:
 
 class EmbeddingTests(SynchronousTestCase):
     def test_readme_example(self) -> None:
-        """The README's embedding example serves its own page and proxies /api/proxy."""
+        """The plain twisted.web embedding example (docs/embedding.rst) serves its own page and proxies /api/proxy."""
         source = readme_example()
         self.assertIn("build_proxy", source)
         backend = Child(self, [sys.executable, "-m", "tests.upstream_main"])
@@ -185,3 +185,5 @@ class EmbeddingTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["uri"], "/api/videos?page=2")
         status, _, body = get(f"http://127.0.0.1:{port}/")
         self.assertEqual((status, body), (200, b"my app"))
+        status, _, body = get(f"http://127.0.0.1:{port}/api/proxy/")
+        self.assertEqual(json.loads(body)["uri"], "/api/")
