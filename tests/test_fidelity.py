@@ -14,7 +14,7 @@ import trustme
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, readBody
@@ -426,3 +426,52 @@ class WebSocketEdgeTests(LoopbackMixin, TestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(json_of(content)["details"]["errorType"], "HEALTH_CHECK_FAILED")
         self.assertEqual(upstream.seen, [])
+
+    @inlineCallbacks
+    def test_hostile_handshake_answers_refused(self) -> Any:
+        """An upstream whose answer to the handshake breaks HTTP/1.1 gets the client a 502, none of its bytes."""
+        answers = [
+            b"HTTP/1.1 101 Switching\rSet-Cookie: evil=1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-Evil: a\x00b\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n Set-Cookie: evil=1\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nevil",
+            b"RTSP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\nevil",
+            b"HTTP/1.1 101 Switching Protocols\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n",
+        ]
+        for answer in answers:
+            port = listen_raw(self, answer)
+            proxy, _ = self.start_proxy(upstream=f"http://127.0.0.1:{port}/api", health_path="")
+            received = yield self.send(proxy)
+            self.assertTrue(received.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), (answer, received))
+            self.assertNotIn(b"evil", received.lower(), answer)
+            body = json.loads(received.partition(b"\r\n\r\n")[2])
+            self.assertEqual(body["details"]["errorType"], "UPSTREAM_ERROR", answer)
+
+    @inlineCallbacks
+    def test_plain_handshake_answer_relayed(self) -> Any:
+        """A well-formed 101 from a raw upstream is relayed, and bytes then flow through the tunnel."""
+        port = listen_raw(
+            self,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe",
+        )
+        proxy, _ = self.start_proxy(upstream=f"http://127.0.0.1:{port}/api", health_path="")
+        received = yield self.send(proxy)
+        self.assertTrue(received.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), received)
+        self.assertTrue(received.endswith(b"\r\n\r\nframe"), received)
+
+
+def listen_raw(case: TestCase, answer: bytes) -> int:
+    """
+    An upstream on loopback that answers anything with C{answer}, then closes.
+    """
+
+    class Answer(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.write(answer)
+            self.transport.loseConnection()
+
+    port = reactor.listenTCP(0, ServerFactory.forProtocol(Answer), interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return int(port.getHost().port)

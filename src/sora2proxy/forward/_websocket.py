@@ -23,7 +23,8 @@ from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from .._errors import INTERNAL, TIMEOUT, ErrorKind
+from .._errors import INTERNAL, TIMEOUT, UPSTREAM_ERROR, ErrorKind
+from ..http._handshake import HandshakeHead, WireError
 from ..http._headers import REQUEST_ID, VIA
 from ..resilience._classify import classify
 from ..resilience._retry import RetryPolicy
@@ -173,18 +174,19 @@ class UpstreamSide(Protocol):
         request_id: str,
         clock: IReactorTime,
         timeout: float,
-        on_timeout: Callable[[], None],
+        on_fail: Callable[[ErrorKind, str], None],
     ) -> None:
         self.client = client
         self.handshake = handshake
         self.request_id = request_id
         self.head = b""
+        self._checked = HandshakeHead()
         self.answered = False
         self.switched = False
         self.status = 0
         self.left: int | None = None
         self._timer: IDelayedCall = clock.callLater(timeout, self._timed_out)
-        self._on_timeout = on_timeout
+        self._on_fail = on_fail
 
     def cancel_timer(self) -> None:
         """
@@ -196,7 +198,7 @@ class UpstreamSide(Protocol):
     def _timed_out(self) -> None:
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
-        self._on_timeout()
+        self._on_fail(TIMEOUT, "no answer to the handshake")
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -212,14 +214,18 @@ class UpstreamSide(Protocol):
         self.client.idle.touch()
         if not self.answered:
             self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.head) > MAX_HEAD:
-                    self.transport.abortConnection()  # type: ignore[attr-defined]
+            try:
+                self._checked.feed(data)
+            except WireError as invalid:  # nothing of it reaches the client
+                self.cancel_timer()
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self._on_fail(UPSTREAM_ERROR, str(invalid))
                 return
+            if not self._checked.code:
+                return
+            end = self.head.find(b"\r\n\r\n")
+            self.cancel_timer()
             self.answered = True
-            if self._timer.active():
-                self._timer.cancel()
             head, self.left, self.status = _adjust_head(self.head[:end], self.request_id)
             self.switched = self.status == 101
             self.client.idle.start()
@@ -362,7 +368,7 @@ class Tunnel:
             self._request_id,
             self._clock,
             self._timeout,
-            lambda: self._fail(TIMEOUT, "no answer to the handshake", tries),
+            lambda kind, reason: self._fail(kind, reason, tries),
         )
 
         def failed(failure: Failure) -> None:

@@ -123,13 +123,19 @@ class ResponseReader:
         "_start",
         "_tail",
         "_trailer_bytes",
+        "_upgrade",
         "seen",
         "until_close",
     )
 
-    def __init__(self, sink: ResponseSink, head_request: bool) -> None:
+    def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool = False) -> None:
+        """
+        @param head_request: the response answers a HEAD: it has no body.
+        @param upgrade: the request asked for an upgrade: a 101 is its final answer.
+        """
         self._sink: ResponseSink | None = sink
         self._head_request = head_request
+        self._upgrade = upgrade
         self._parser = HttpResponseParser(self)
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
@@ -201,12 +207,13 @@ class ResponseReader:
             upgraded = self._feed_head(piece)
             if not self._head_done:
                 raise WireError("the response's head does not end at its first blank line")
-            if upgraded and self._code < 200:
+            final = self._code >= 200 or (self._code == 101 and self._upgrade)
+            if upgraded and not final:
                 raise WireError("an interim response asks for an upgrade")
             self._tail = b""
             self._start = b""
             self._head_bytes = 0
-            if self._code >= 200:
+            if final:
                 self._final(upgraded, data)
                 return
             self._new_message()  # an interim (1xx) answer: the real one follows
@@ -336,7 +343,7 @@ class ResponseReader:
             raise WireError(f"unsupported HTTP version {version}")
         if code < 100:
             raise WireError(f"bad status code {code}")
-        if code == 101:
+        if code == 101 and not self._upgrade:
             raise WireError("101 Switching Protocols to a request that asked for no upgrade")
         if self._phrase not in _USUAL_PHRASES and _BAD_PHRASE.search(self._phrase):
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
