@@ -28,13 +28,13 @@ from .._errors import (
     NOT_IMPLEMENTED,
     OVERLOADED,
     ErrorKind,
+    body_too_large_message,
 )
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, request_id_from
-from ..http._site import body_too_large_message
 from ..idempotency._guard import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
-from ..ops._access_log import AccessSink
-from ..ops._metrics import REPLAYED, Telemetry
+from ..ops._access_log import access_sink
+from ..ops._metrics import Telemetry
 from ..resilience._budget import RetryBudget
 from ..resilience._health import HealthState
 from ..resilience._retry import GaveUp, RetryLoop, RetryPolicy
@@ -44,6 +44,7 @@ from ._messages import SpawnedChild, gave_up_message, unavailable
 from ._paths import TargetRefused, check_target
 from ._relay import BodyRelay, start_response, write_replay
 from ._respond import RequestContext, Responder, client_connected
+from ._seams import REPLAYED, AccessSink, RequestTelemetry
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 
@@ -69,7 +70,7 @@ class ProxyResource:
         cooperator: Cooperator | None = None,
         random: Callable[[], float] | None = None,
         endpoints: IAgentEndpointFactory | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: RequestTelemetry | None = None,
         guard: IdempotencyGuard | None = None,
         access: AccessSink | None = None,
         children: Sequence[SpawnedChild] = (),
@@ -92,7 +93,9 @@ class ProxyResource:
         @param children: the C{--spawn} children, named in errors when one exited.
         """
         self._endpoints = endpoints
-        self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
+        self.telemetry: RequestTelemetry = telemetry if telemetry is not None else Telemetry(clock)
+        if access is None:
+            access = access_sink(config, clock)
         self._respond = Responder(config, clock, self.telemetry, access, children)
         self._guard = guard
         self._config = config
@@ -210,7 +213,8 @@ class ProxyResource:
             ),
             body_of(request, self._cooperator),
             first,
-            self.telemetry,
+            # Until resilience types this as its own observer Protocol (branch layers).
+            self.telemetry,  # type: ignore[arg-type]
             self._clock,
         )
         deadline = self._config.deadline

@@ -17,50 +17,21 @@ event's time and format string, which cost more than proxying the request
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .._config import ProxyConfig
+from ..forward._seams import AccessSink
 
 #: Seconds between writes of the buffered lines.
 FLUSH_EVERY = 0.05
 #: Lines buffered before a write regardless of the timer.
 FLUSH_LINES = 512
-
-
-#: What an access-log field never holds as is: C0 controls, DEL, C1 controls
-#: (U+0085 is a line break to C{str.splitlines}), the Unicode line and
-#: paragraph separators, and the backslash (so that an escape is unambiguous).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escaped(text: str) -> str:
-    """
-    @return: C{text} with control characters and backslashes written as
-        C{\\xHH} (C{\\uHHHH} for U+2028 and U+2029), as nginx escapes its
-        access log.
-    """
-    if _UNSAFE.search(text) is None:
-        return text
-    return _UNSAFE.sub(_escape, text)
-
-
-class AccessSink(Protocol):
-    def record(self, line: str, fields: dict[str, Any]) -> None:
-        """
-        Log one request: C{line} for people, C{fields} for machines.
-        """
 
 
 class LoggerSink:
