@@ -5,6 +5,7 @@ resource to serve and a service to start (health monitor, connection pool).
 
 from __future__ import annotations
 
+import random as _random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.web.resource import IResource
 
 from ._config import ProxyConfig
 from .forward._messages import SpawnedChild
+from .forward._parts import ProxyParts, body_cooperator
 from .forward._resource import ProxyResource
 from .http._client import UpstreamClient
 from .http._endpoints import UpstreamEndpoints, tls_policy
@@ -156,17 +158,19 @@ def build_proxy(
     access = access_sink(config, clock)
     if isinstance(access, FileSink):
         access.setServiceParent(service)  # type: ignore[no-untyped-call]
-    resource = ProxyResource(
+    parts = ProxyParts(
         config,
         clock,
         agent,
         balancer,
         budget,
-        random=random,
+        body_cooperator(clock),
+        telemetry,
+        access,
+        random=random or _random.random,
         endpoints=endpoints,
-        telemetry=telemetry,
         guard=guard,
-        access=access,
         children=children,
     )
+    resource = ProxyResource(parts)
     return Proxy(resource, service, balancer, telemetry)
