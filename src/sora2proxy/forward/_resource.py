@@ -1,16 +1,15 @@
 """
-The proxy as a twisted.web resource: routing under the prefix, the health
-gate, and the hand-off of each request to a L{RetryLoop} whose response is
-relayed to the client.
+The proxy as a twisted.web resource: routing under the prefix, the gates a
+request passes before it is sent (in-flight limit, request target, body
+size, an upstream in service, Idempotency-Key), and the hand-off of each
+request to its L{Exchange} (or of a WebSocket upgrade to its L{Tunnel}).
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI
-from twisted.web.iweb import IResponse
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -27,13 +26,14 @@ from .._errors import (
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, request_id_from
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
-from ..resilience._retry import GaveUp, RetryLoop, RetryPolicy
-from ..resilience._upstreams import RequestRouter, Upstream
-from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
-from ._messages import gave_up_message, unavailable
+from ..resilience._retry import RetryPolicy
+from ..resilience._upstreams import Upstream
+from ._attempt import Target, body_length, forwarded_headers, split_target
+from ._exchange import Exchange
+from ._messages import unavailable
 from ._parts import ProxyParts
 from ._paths import TargetRefused, check_target
-from ._relay import BodyRelay, start_response, write_replay
+from ._relay import write_replay
 from ._respond import RequestContext, Responder, client_connected
 from ._seams import REPLAYED
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
@@ -154,78 +154,7 @@ class ProxyResource:
             self._send(context, target, first, verdict)
 
     def _send(self, context: RequestContext, target: Target, first: Upstream, ticket: Ticket | None) -> None:
-        request = context.request
-        self.parts.budget.record_request()
-        router = RequestRouter(
-            self._balancer,
-            self.parts.agent,
-            request.method,
-            target.rest + target.query,
-            forwarded_headers(
-                request,
-                context.request_id,
-                bool(request.isSecure()),
-                self._config.preserve_host,
-                self._config.allow_underscore_headers,
-            ),
-            body_of(request, self.parts.cooperator),
-            first,
-            # Until resilience types this as its own observer Protocol (branch layers).
-            self.parts.telemetry,  # type: ignore[arg-type]
-            self._clock,
-        )
-        deadline = self._config.deadline
-        loop = RetryLoop(
-            self._clock,
-            self._policy,
-            router,
-            request.method,
-            request.requestHeaders.hasHeader(b"idempotency-key"),
-            self._config.timeout,
-            context.started + deadline if deadline else None,
-            self.parts.budget,
-            self.parts.random,
-        )
-        result = loop.run()
-        relay: list[BodyRelay] = []
-
-        def client_gone(_: object) -> None:
-            if relay:
-                relay[0].client_gone()
-            else:
-                result.cancel()
-
-        request.notifyFinish().addErrback(client_gone)
-
-        def answered(response: IResponse) -> None:
-            context.upstream = router.current.url
-            start_response(request, response, context.request_id, router.current.base, self._prefix)
-
-            def done(outcome: Failure | None) -> None:
-                if ticket is not None:
-                    ticket.finished(outcome)
-                self._done(context, loop.tries, response.code, outcome)
-
-            if ticket is not None:  # stored as the client gets it: a replay is the same answer
-                ticket.answered(request.code, request.code_message, request.responseHeaders)
-            body = BodyRelay(request, done, None if ticket is None else ticket.data)
-            relay.append(body)
-            response.deliverBody(body)
-
-        def failed(failure: Failure) -> None:
-            if ticket is not None:
-                ticket.release()
-            if failure.check(CancelledError):
-                self._respond.log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
-                return
-            gave_up = failure.value
-            if isinstance(gave_up, GaveUp):
-                unknown = ticket is not None and loop.maybe_reached
-                self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted, unknown)
-            else:
-                self._respond.internal_error(context, failure, loop.tries)
-
-        result.addCallbacks(answered, failed).addErrback(self._respond.internal_error_late, context, loop)
+        Exchange(self.parts, self._policy, self._respond, context, target, first, ticket).start()
 
     def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:
         request = context.request
@@ -266,27 +195,6 @@ class ProxyResource:
     def _unavailable(self, context: RequestContext) -> None:
         kind, message, retry_after = unavailable(self._balancer, self._config)
         self._respond.error(context, kind, message, 0, retry_after=retry_after)
-
-    def _gave_up(
-        self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool
-    ) -> None:
-        message, extra = gave_up_message(gave_up, upstream, budget)
-        if unknown:
-            # The key is released: the backend may have acted; it stays the authority.
-            extra["outcomeUnknown"] = True
-        self._respond.error(
-            context,
-            gave_up.failure.kind,
-            message,
-            gave_up.tries,
-            retry_after=self._config.health_interval,
-            extra=extra,
-            upstream=upstream,
-        )
-
-    def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:
-        error_type = "" if outcome is None else "UPSTREAM_ABORTED"
-        self._respond.log_access(context, status, tries, error_type, context.upstream)
 
 
 __all__ = ["ProxyResource", "RequestContext"]
