@@ -5,9 +5,9 @@ a file or to standard output (C{PATH}, C{-}: buffered and written a few
 times a second, with a timestamp formatted once a second), or nowhere
 (C{off}).
 
-Every field is escaped (L{escaped}) before it reaches any sink: a request
-target's control bytes can never split or forge an access line, for a reader
-that splits on C{\\n} or on every line break that C{str.splitlines} knows.
+Every field is escaped before it reaches any sink (by its producer, with
+L{sora2proxy.forward._seams.escaped}): a request target's control bytes can
+never split or forge an access line.
 
 The direct writer exists for speed: twistd's text observer formats each
 event's time and format string, which cost more than proxying the request
