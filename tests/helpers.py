@@ -22,9 +22,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sora2proxy import ProxyConfig, build_proxy
+from sora2proxy.forward._parts import ProxyParts, body_cooperator
 from sora2proxy.forward._resource import ProxyResource
 from sora2proxy.http._site import ProxySite
+from sora2proxy.ops._access_log import access_sink
+from sora2proxy.ops._metrics import Telemetry
+from sora2proxy.resilience._budget import RetryBudget
 from sora2proxy.resilience._health import HealthState
+from sora2proxy.resilience._upstreams import balancer_for
 
 reactor: Any = _reactor
 
@@ -184,6 +189,27 @@ def eventually(check: Any, timeout: float = 10.0, what: str = "the condition") -
     return True
 
 
+def parts_for(
+    config: ProxyConfig, clock: Any, agent: Any, health: HealthState | None = None, **given: Any
+) -> ProxyParts:
+    """
+    The collaborators of a L{ProxyResource} made for a test, without
+    C{build_proxy}'s services: C{health} is the first upstream's (none:
+    no health checks), the telemetry is new, access lines go where
+    C{--access-log} says; C{given} replaces any of them (C{endpoints},
+    C{guard}, C{children}...).
+    """
+    healths = [health] + [None] * (len(config.upstreams) - 1)
+    made: dict[str, Any] = {
+        "balancer": balancer_for(config, clock, healths),
+        "budget": RetryBudget(clock, config.retry_budget),
+        "cooperator": body_cooperator(clock),
+        "telemetry": Telemetry(clock),
+        "access": access_sink(config, clock),
+    }
+    return ProxyParts(config=config, clock=clock, agent=agent, **(made | given))
+
+
 class MemoryHarness:
     """
     The proxy resource on a Clock, its upstream a twisted.web resource behind
@@ -196,7 +222,8 @@ class MemoryHarness:
         self.clock = Clock()
         self.upstream_agent = RequestTraversalAgent(upstream)
         self.health = HealthState(self.clock, self.config.upstream) if health else None
-        self.resource = ProxyResource(self.config, self.clock, self.upstream_agent, self.health)
+        self.parts = parts_for(self.config, self.clock, self.upstream_agent, self.health)
+        self.resource = ProxyResource(self.parts)
         self.client = StubTreq(self.resource)
 
     def flush(self) -> None:

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ProxyConfig
 from sora2proxy._config import ConfigError
+from sora2proxy.forward._seams import escaped
 from sora2proxy.ops._access_log import (
     FLUSH_EVERY,
     FLUSH_LINES,
@@ -23,7 +24,6 @@ from sora2proxy.ops._access_log import (
     LoggerSink,
     NoSink,
     access_sink,
-    escaped,
 )
 
 from .helpers import MemoryHarness, RecordingUpstream

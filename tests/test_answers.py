@@ -35,7 +35,7 @@ from sora2proxy.forward._messages import UNREACHABLE, suggestion_for
 from sora2proxy.forward._resource import ProxyResource
 from sora2proxy.http._site import ProxySite
 
-from .helpers import LoopbackMixin, MemoryHarness, RecordingUpstream, reactor, refused_port
+from .helpers import LoopbackMixin, MemoryHarness, RecordingUpstream, parts_for, reactor, refused_port
 from .test_cli import get, start_proxy_process
 from .test_resource import ScriptedAgent, body_json, scripted
 
@@ -237,7 +237,7 @@ class SpawnNoteTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(100)
         agent = ScriptedAgent(clock, [ConnectionRefusedError()])
-        resource = ProxyResource(config, clock, agent, children=[child])
+        resource = ProxyResource(parts_for(config, clock, agent, children=[child]))
         client = StubTreq(resource)
         d = client.get("http://proxy.test" + path)
         client.flush()
@@ -298,7 +298,7 @@ class InternalsTests(SynchronousTestCase):
         config = ProxyConfig(upstream=INTERNAL_URL, health_path="", backoff=0.1, dev=dev, max_body=10)
         clock = Clock()
         agent = ScriptedAgent(clock, [ConnectionRefusedError()] * 3)
-        site = ProxySite(ProxyResource(config, clock, agent), config, reactor=clock)
+        site = ProxySite(ProxyResource(parts_for(config, clock, agent)), config, reactor=clock)
         channel = site.buildProtocol(peer)
         transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.1", 3200), peerAddress=peer)
         channel.makeConnection(transport)

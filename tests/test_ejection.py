@@ -112,7 +112,7 @@ class GatewayFailureTests(SynchronousTestCase):
             d = h.client.get("http://proxy.test/api/proxy/a")
             h.flush()
             self.assertEqual(self.successResultOf(d).code, 503)
-        self.assertTrue(h.resource._balancer.upstreams[0].ejection.ejected)
+        self.assertTrue(h.parts.balancer.upstreams[0].ejection.ejected)
         h.client.get("http://proxy.test/api/proxy/a")
         h.flush()
         self.assertEqual(len(agent.tries), 6, "no health checks: still sent (panic mode)")

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from sora2proxy import Health, HealthMonitor, HealthState, ProxyConfig
 from sora2proxy.forward._resource import ProxyResource
 
-from .helpers import RecordingUpstream
+from .helpers import RecordingUpstream, parts_for
 
 HEALTH_URL = b"http://backend.test:3101/api/health"
 
@@ -121,7 +121,7 @@ class HealthMonitorTests(SynchronousTestCase):
         agent = RequestTraversalAgent(upstream)
         monitor = monitor_for(agent, clock)
         config = ProxyConfig(upstream="http://backend.test:3101/api")
-        client = StubTreq(ProxyResource(config, clock, agent, monitor.state))
+        client = StubTreq(ProxyResource(parts_for(config, clock, agent, monitor.state)))
         monitor.startService()
         agent.flush()
         for _ in range(10):

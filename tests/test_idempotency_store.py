@@ -114,7 +114,7 @@ class GuardTests(SynchronousTestCase):
         self.assertTrue(response.headers.hasHeader("retry-after"))
         self.assertEqual(json.loads(h.body(response))["details"]["errorType"], "IDEMPOTENCY_STORE_FULL")
         self.assertEqual(len(h.upstream.calls), 2)
-        self.assertEqual(h.proxy.resource._guard.full, 1)
+        self.assertEqual(h.proxy.resource.parts.guard.full, 1)
 
     def test_per_caller_bound(self) -> None:
         """--idempotency-max-per-caller 2: a third key in flight from one caller gets 503, another caller's passes."""

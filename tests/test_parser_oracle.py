@@ -31,6 +31,8 @@ from sora2proxy import ProxyConfig
 from sora2proxy.forward._resource import ProxyResource
 from sora2proxy.http._client import UpstreamClient
 
+from .helpers import parts_for
+
 
 class _Upstream(StringTransport):
     """Once the request is written, gives the connection the answer, then ends it."""
@@ -232,7 +234,7 @@ class OracleTests(SynchronousTestCase):
         config = ProxyConfig(upstream="http://backend.test:3101/api", attempts=1, health_path="")
         endpoints = _Endpoints(clock, raw)
         agent = UpstreamClient(clock, endpoints)
-        resource = ProxyResource(config, clock, agent, endpoints=endpoints)
+        resource = ProxyResource(parts_for(config, clock, agent, endpoints=endpoints))
         client = StubTreq(resource)
         responded = client.get("http://proxy.test/api/proxy/x")
         for _ in range(6):

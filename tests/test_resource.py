@@ -23,7 +23,7 @@ from sora2proxy import ProxyConfig
 from sora2proxy.forward._resource import ProxyResource
 from sora2proxy.resilience._health import HealthState
 
-from .helpers import MemoryHarness, RecordingUpstream
+from .helpers import MemoryHarness, RecordingUpstream, parts_for
 
 
 def body_json(harness: MemoryHarness, response: Any) -> Any:
@@ -64,7 +64,8 @@ class ScriptedAgent:
 def scripted(failures: list[Exception | None], **options: Any) -> tuple[MemoryHarness, ScriptedAgent]:
     harness = MemoryHarness(RecordingUpstream(), **options)
     agent = ScriptedAgent(harness.clock, failures)
-    harness.resource = ProxyResource(harness.config, harness.clock, agent, harness.health)
+    harness.parts = parts_for(harness.config, harness.clock, agent, harness.health)
+    harness.resource = ProxyResource(harness.parts)
     harness.client = StubTreq(harness.resource)
     return harness, agent
 

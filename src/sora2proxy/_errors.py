@@ -139,6 +139,14 @@ ERROR_KINDS: Mapping[str, ErrorKind] = {
 }
 
 
+def body_too_large_message(limit: int) -> str:
+    """
+    @return: the message of a 413 for a body over C{limit} bytes (from the
+        site as the body arrives, or from the resource on a site of its own).
+    """
+    return f"The request body is larger than the proxy's limit of {limit} bytes (--max-body)."
+
+
 @frozen
 class ProxyError:
     """

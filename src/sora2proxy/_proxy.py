@@ -5,6 +5,7 @@ resource to serve and a service to start (health monitor, connection pool).
 
 from __future__ import annotations
 
+import random as _random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,9 @@ from twisted.web.resource import IResource
 
 from ._config import ProxyConfig
 from .forward._messages import SpawnedChild
+from .forward._parts import ProxyParts, body_cooperator
 from .forward._resource import ProxyResource
+from .forward._seams import AccessSink
 from .http._client import UpstreamClient
 from .http._endpoints import UpstreamEndpoints, tls_policy
 from .idempotency._guard import IdempotencyGuard
@@ -132,12 +135,48 @@ def build_proxy(
     service = MultiService()
     endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
-        # Never retries by itself: every retry is the retry loop's own, counted and policed there.
-        client = UpstreamClient(
-            clock, endpoints, max_idle=POOL_SIZE, idle_timeout=config.upstream_idle_timeout
-        )
-        _PoolService(client).setServiceParent(service)  # type: ignore[no-untyped-call]
-        agent = client
+        agent = _pooled_client(config, clock, endpoints, service)
+    balancer = _watched_upstreams(config, clock, agent, telemetry, service)
+    budget = RetryBudget(clock, config.retry_budget)
+    guard = idempotency_guard(config, clock, telemetry)
+    access = _access_log(config, clock, service)
+    parts = ProxyParts(
+        config,
+        clock,
+        agent,
+        balancer,
+        budget,
+        body_cooperator(clock),
+        telemetry,
+        access,
+        random=random or _random.random,
+        endpoints=endpoints,
+        guard=guard,
+        children=children,
+    )
+    return Proxy(ProxyResource(parts), service, balancer, telemetry)
+
+
+def _pooled_client(
+    config: ProxyConfig, clock: IReactorTime, endpoints: UpstreamEndpoints, service: MultiService
+) -> UpstreamClient:
+    """
+    The default HTTP client: persistent, pooled, its idle connections
+    closed when C{service} stops.
+    """
+    # Never retries by itself: every retry is the retry loop's own, counted and policed there.
+    client = UpstreamClient(clock, endpoints, max_idle=POOL_SIZE, idle_timeout=config.upstream_idle_timeout)
+    _PoolService(client).setServiceParent(service)  # type: ignore[no-untyped-call]
+    return client
+
+
+def _watched_upstreams(
+    config: ProxyConfig, clock: IReactorTime, agent: IAgent, telemetry: Telemetry, service: MultiService
+) -> Balancer:
+    """
+    The upstreams of C{config}, each with its health monitor (a child of
+    C{service}) where checks are on, their ejections exported as metrics.
+    """
     healths: list[HealthState | None] = []
     for url in config.upstreams:
         health: HealthState | None = None
@@ -151,22 +190,15 @@ def build_proxy(
         healths.append(health)
     balancer = balancer_for(config, clock, healths)
     telemetry.watch_ejections(lambda: [(u.url, u.ejection.ejected) for u in balancer.upstreams])
-    budget = RetryBudget(clock, config.retry_budget)
-    guard = idempotency_guard(config, clock, telemetry)
+    return balancer
+
+
+def _access_log(config: ProxyConfig, clock: IReactorTime, service: MultiService) -> AccessSink:
+    """
+    The sink of C{--access-log}; a file's is a child of C{service}, which
+    flushes and closes it at stop.
+    """
     access = access_sink(config, clock)
     if isinstance(access, FileSink):
         access.setServiceParent(service)  # type: ignore[no-untyped-call]
-    resource = ProxyResource(
-        config,
-        clock,
-        agent,
-        balancer,
-        budget,
-        random=random,
-        endpoints=endpoints,
-        telemetry=telemetry,
-        guard=guard,
-        access=access,
-        children=children,
-    )
-    return Proxy(resource, service, balancer, telemetry)
+    return access

@@ -1,26 +1,19 @@
 """
-The proxy as a twisted.web resource: routing under the prefix, the health
-gate, and the hand-off of each request to a L{RetryLoop} whose response is
-relayed to the client.
+The proxy as a twisted.web resource: routing under the prefix, the gates a
+request passes before it is sent (in-flight limit, request target, body
+size, an upstream in service, Idempotency-Key), and the hand-off of each
+request to its L{Exchange} (or of a WebSocket upgrade to its L{Tunnel}).
 """
 
 from __future__ import annotations
 
-import random as _random
-from collections.abc import Callable, Sequence
-
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from .._config import ProxyConfig
 from .._errors import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -28,22 +21,21 @@ from .._errors import (
     NOT_IMPLEMENTED,
     OVERLOADED,
     ErrorKind,
+    body_too_large_message,
 )
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, request_id_from
-from ..http._site import body_too_large_message
-from ..idempotency._guard import CHECKED_METHODS, IdempotencyGuard, Reject, Replay, Ticket, Verdict
-from ..ops._access_log import AccessSink
-from ..ops._metrics import REPLAYED, Telemetry
-from ..resilience._budget import RetryBudget
-from ..resilience._health import HealthState
-from ..resilience._retry import GaveUp, RetryLoop, RetryPolicy
-from ..resilience._upstreams import Balancer, RequestRouter, Upstream, balancer_for
-from ._attempt import Target, body_length, body_of, forwarded_headers, split_target
-from ._messages import SpawnedChild, gave_up_message, unavailable
+from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
+from ..resilience._retry import RetryPolicy
+from ..resilience._upstreams import Upstream
+from ._attempt import Target, body_length, forwarded_headers, split_target
+from ._exchange import Exchange
+from ._messages import unavailable
+from ._parts import ProxyParts
 from ._paths import TargetRefused, check_target
-from ._relay import BodyRelay, start_response, write_replay
+from ._relay import write_replay
 from ._respond import RequestContext, Responder, client_connected
+from ._seams import REPLAYED
 from ._websocket import Tunnel, handshake_bytes, wants_websocket
 
 
@@ -54,59 +46,27 @@ class ProxyResource:
 
     Mount it as a site's root (it matches the raw request path itself) or as
     a leaf anywhere in a resource tree whose paths it is configured for.
+    L{build_proxy<sora2proxy.build_proxy>} builds one (C{Proxy.resource})
+    with its collaborators, in one L{ProxyParts} value.
+
+    @ivar parts: what it forwards with.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(
-        self,
-        config: ProxyConfig,
-        clock: IReactorTime,
-        agent: IAgent,
-        balancer: Balancer | HealthState | None = None,
-        budget: RetryBudget | None = None,
-        cooperator: Cooperator | None = None,
-        random: Callable[[], float] | None = None,
-        endpoints: IAgentEndpointFactory | None = None,
-        telemetry: Telemetry | None = None,
-        guard: IdempotencyGuard | None = None,
-        access: AccessSink | None = None,
-        children: Sequence[SpawnedChild] = (),
-    ) -> None:
+    def __init__(self, parts: ProxyParts) -> None:
         """
-        @param clock: the reactor's time, for timeouts and backoff.
-        @param agent: the HTTP client that sends tries upstream.
-        @param balancer: the upstreams with their health and ejection state;
-            by default built from C{config} (a L{HealthState} is taken as the
-            first upstream's health, for tests and simple embeddings).
-        @param budget: the retry budget shared by all requests; by default
-            one of C{config.retry_budget}.
-        @param cooperator: schedules the writing of large request bodies.
-        @param random: random numbers in [0, 1) for backoff jitter.
-        @param endpoints: where WebSocket tunnels connect; without it a
-            WebSocket upgrade is answered 501.
-        @param telemetry: metrics and status board; by default a new one.
-        @param guard: Idempotency-Key handling; L{None} passes keys through.
-        @param access: where access lines go; by default as C{config.access_log} says.
-        @param children: the C{--spawn} children, named in errors when one exited.
+        @param parts: what it forwards with: the configuration, clock, HTTP
+            client, upstreams, retry budget, telemetry, access log, and the
+            optional WebSocket endpoints, Idempotency-Key guard and
+            C{--spawn} children (as C{build_proxy} assembles them).
         """
-        self._endpoints = endpoints
-        self.telemetry = telemetry if telemetry is not None else Telemetry(clock)
-        self._respond = Responder(config, clock, self.telemetry, access, children)
-        self._guard = guard
-        self._config = config
-        self._clock = clock
-        self._agent = agent
-        if not isinstance(balancer, Balancer):
-            healths: list[HealthState | None] = [balancer] + [None] * (len(config.upstreams) - 1)
-            balancer = balancer_for(config, clock, healths)
-        self._balancer: Balancer = balancer
-        self._budget = budget if budget is not None else RetryBudget(clock, config.retry_budget)
-        self._cooperator = cooperator or Cooperator(
-            scheduler=lambda work: clock.callLater(0, work), started=True
-        )
-        self._random = random or _random.random
+        self.parts = parts
+        config = self._config = parts.config
+        self._clock = parts.clock
+        self._balancer = parts.balancer
+        self._respond = Responder(config, parts.clock, parts.telemetry, parts.access, parts.children)
         self._policy = RetryPolicy(
             attempts=config.attempts,
             backoff=config.backoff,
@@ -129,7 +89,7 @@ class ProxyResource:
         """
         Start forwarding C{request}; the response is written later.
         """
-        self.telemetry.request_started()
+        self.parts.telemetry.request_started()
         request_id = request_id_from(request.requestHeaders)
         request.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
         request.defaultContentType = None
@@ -148,7 +108,7 @@ class ProxyResource:
 
     def _forward(self, context: RequestContext) -> None:
         request = context.request
-        if self.telemetry.in_flight > self._config.max_inflight:
+        if self.parts.telemetry.in_flight > self._config.max_inflight:
             message = f"The proxy is handling {self._config.max_inflight} requests already (--max-inflight)."
             self._respond.error(context, OVERLOADED, message, 0)
             return
@@ -172,14 +132,14 @@ class ProxyResource:
             self._unavailable(context)
             return
         if wants_websocket(request):
-            self._budget.record_request()
+            self.parts.budget.record_request()
             self._tunnel(context, target.rest + target.query, first)
             return
-        if self._guard is None or request.method not in CHECKED_METHODS:
+        if self.parts.guard is None or request.method not in CHECKED_METHODS:
             self._send(context, target, first, None)
             return
         # The caller's identity, computed once here for every per-caller feature.
-        verdict = self._guard.verdict(request, target.rest, self._identity.of(request))
+        verdict = self.parts.guard.verdict(request, target.rest, self._identity.of(request))
         verdict.addCallback(self._judged, context, target, first)
         verdict.addErrback(self._respond.internal_error_late, context, 0)
 
@@ -194,81 +154,11 @@ class ProxyResource:
             self._send(context, target, first, verdict)
 
     def _send(self, context: RequestContext, target: Target, first: Upstream, ticket: Ticket | None) -> None:
-        request = context.request
-        self._budget.record_request()
-        router = RequestRouter(
-            self._balancer,
-            self._agent,
-            request.method,
-            target.rest + target.query,
-            forwarded_headers(
-                request,
-                context.request_id,
-                bool(request.isSecure()),
-                self._config.preserve_host,
-                self._config.allow_underscore_headers,
-            ),
-            body_of(request, self._cooperator),
-            first,
-            self.telemetry,
-            self._clock,
-        )
-        deadline = self._config.deadline
-        loop = RetryLoop(
-            self._clock,
-            self._policy,
-            router,
-            request.method,
-            request.requestHeaders.hasHeader(b"idempotency-key"),
-            self._config.timeout,
-            context.started + deadline if deadline else None,
-            self._budget,
-            self._random,
-        )
-        result = loop.run()
-        relay: list[BodyRelay] = []
-
-        def client_gone(_: object) -> None:
-            if relay:
-                relay[0].client_gone()
-            else:
-                result.cancel()
-
-        request.notifyFinish().addErrback(client_gone)
-
-        def answered(response: IResponse) -> None:
-            context.upstream = router.current.url
-            start_response(request, response, context.request_id, router.current.base, self._prefix)
-
-            def done(outcome: Failure | None) -> None:
-                if ticket is not None:
-                    ticket.finished(outcome)
-                self._done(context, loop.tries, response.code, outcome)
-
-            if ticket is not None:  # stored as the client gets it: a replay is the same answer
-                ticket.answered(request.code, request.code_message, request.responseHeaders)
-            body = BodyRelay(request, done, None if ticket is None else ticket.data)
-            relay.append(body)
-            response.deliverBody(body)
-
-        def failed(failure: Failure) -> None:
-            if ticket is not None:
-                ticket.release()
-            if failure.check(CancelledError):
-                self._respond.log_access(context, 499, loop.tries, "CLIENT_GONE", router.current.url)
-                return
-            gave_up = failure.value
-            if isinstance(gave_up, GaveUp):
-                unknown = ticket is not None and loop.maybe_reached
-                self._gave_up(context, gave_up, router.current.url, loop.budget_exhausted, unknown)
-            else:
-                self._respond.internal_error(context, failure, loop.tries)
-
-        result.addCallbacks(answered, failed).addErrback(self._respond.internal_error_late, context, loop)
+        Exchange(self.parts, self._policy, self._respond, context, target, first, ticket).start()
 
     def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:
         request = context.request
-        if self._endpoints is None:
+        if self.parts.endpoints is None:
             self._respond.error(context, NOT_IMPLEMENTED, "WebSocket tunnelling is not set up here.", 0)
             return
         url = upstream.base + rest
@@ -289,7 +179,7 @@ class ProxyResource:
         Tunnel(
             self._clock,
             self._policy,
-            self._endpoints.endpointForURI(URI.fromBytes(url)),
+            self.parts.endpoints.endpointForURI(URI.fromBytes(url)),
             handshake_bytes(request.method, url, headers, self._config.preserve_host),
             context.request_id,
             self._config.timeout,
@@ -305,27 +195,6 @@ class ProxyResource:
     def _unavailable(self, context: RequestContext) -> None:
         kind, message, retry_after = unavailable(self._balancer, self._config)
         self._respond.error(context, kind, message, 0, retry_after=retry_after)
-
-    def _gave_up(
-        self, context: RequestContext, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool
-    ) -> None:
-        message, extra = gave_up_message(gave_up, upstream, budget)
-        if unknown:
-            # The key is released: the backend may have acted; it stays the authority.
-            extra["outcomeUnknown"] = True
-        self._respond.error(
-            context,
-            gave_up.failure.kind,
-            message,
-            gave_up.tries,
-            retry_after=self._config.health_interval,
-            extra=extra,
-            upstream=upstream,
-        )
-
-    def _done(self, context: RequestContext, tries: int, status: int, outcome: Failure | None) -> None:
-        error_type = "" if outcome is None else "UPSTREAM_ABORTED"
-        self._respond.log_access(context, status, tries, error_type, context.upstream)
 
 
 __all__ = ["ProxyResource", "RequestContext"]

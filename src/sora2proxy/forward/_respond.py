@@ -22,9 +22,8 @@ from twisted.web.server import Request
 
 from .._config import ProxyConfig
 from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
-from ..ops._access_log import AccessSink, access_sink, escaped
-from ..ops._metrics import Telemetry
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
+from ._seams import AccessSink, RequestTelemetry, escaped
 
 
 @define
@@ -55,8 +54,8 @@ class Responder:
         self,
         config: ProxyConfig,
         clock: IReactorTime,
-        telemetry: Telemetry,
-        access: AccessSink | None = None,
+        telemetry: RequestTelemetry,
+        access: AccessSink,
         children: Sequence[SpawnedChild] = (),
     ) -> None:
         """
@@ -66,7 +65,7 @@ class Responder:
         self._config = config
         self._clock = clock
         self.telemetry = telemetry
-        self._access = access if access is not None else access_sink(config, clock)
+        self._access = access
         self._children = children
 
     def error(

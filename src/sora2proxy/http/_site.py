@@ -13,16 +13,9 @@ from typing import Any
 from twisted.web.server import Request, Site
 
 from .._config import ProxyConfig
-from .._errors import BODY_TOO_LARGE, raw_error, sees_internals
+from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
 from ._headers import request_id_from
-
-
-def body_too_large_message(limit: int) -> str:
-    """
-    @return: the message of a 413 for a body over C{limit} bytes.
-    """
-    return f"The request body is larger than the proxy's limit of {limit} bytes (--max-body)."
 
 
 class ProxyRequest(Request):

@@ -5,9 +5,9 @@ a file or to standard output (C{PATH}, C{-}: buffered and written a few
 times a second, with a timestamp formatted once a second), or nowhere
 (C{off}).
 
-Every field is escaped (L{escaped}) before it reaches any sink: a request
-target's control bytes can never split or forge an access line, for a reader
-that splits on C{\\n} or on every line break that C{str.splitlines} knows.
+Every field is escaped before it reaches any sink (by its producer, with
+L{sora2proxy.forward._seams.escaped}): a request target's control bytes can
+never split or forge an access line.
 
 The direct writer exists for speed: twistd's text observer formats each
 event's time and format string, which cost more than proxying the request
@@ -17,50 +17,21 @@ event's time and format string, which cost more than proxying the request
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .._config import ProxyConfig
+from ..forward._seams import AccessSink
 
 #: Seconds between writes of the buffered lines.
 FLUSH_EVERY = 0.05
 #: Lines buffered before a write regardless of the timer.
 FLUSH_LINES = 512
-
-
-#: What an access-log field never holds as is: C0 controls, DEL, C1 controls
-#: (U+0085 is a line break to C{str.splitlines}), the Unicode line and
-#: paragraph separators, and the backslash (so that an escape is unambiguous).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escaped(text: str) -> str:
-    """
-    @return: C{text} with control characters and backslashes written as
-        C{\\xHH} (C{\\uHHHH} for U+2028 and U+2029), as nginx escapes its
-        access log.
-    """
-    if _UNSAFE.search(text) is None:
-        return text
-    return _UNSAFE.sub(_escape, text)
-
-
-class AccessSink(Protocol):
-    def record(self, line: str, fields: dict[str, Any]) -> None:
-        """
-        Log one request: C{line} for people, C{fields} for machines.
-        """
 
 
 class LoggerSink:

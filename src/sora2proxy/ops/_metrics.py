@@ -15,15 +15,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
+from ..forward._seams import REPLAYED
 from ._counts import CountedMetrics
 from ._status import StatusBoard
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HEALTH_VALUES = {"up": 1.0, "down": 0.0, "unknown": -1.0}
-
-#: The access log's mark of an Idempotency-Key replay: an answer, not an error.
-REPLAYED = "IDEMPOTENT_REPLAY"
 
 
 def _method_label(method: str) -> str:

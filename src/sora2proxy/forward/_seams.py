@@ -1,0 +1,97 @@
+"""
+What the forwarding of a request reports, and to whom: the
+L{typing.Protocol}s of its metrics (L{RequestTelemetry}) and of its access
+log (L{AccessSink}).  C{ops}' C{Telemetry} and sinks satisfy them
+structurally, so that this layer imports nothing of C{ops}; C{build_proxy}
+hands them in.
+
+Every text field that reaches an L{AccessSink} is escaped (L{escaped}): a
+request target's control bytes can never split or forge an access line, for
+a reader that splits on C{\\n} or on every line break that C{str.splitlines}
+knows.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+#: The access log's mark of an Idempotency-Key replay: an answer, not an error.
+REPLAYED = "IDEMPOTENT_REPLAY"
+
+#: What an access-log field never holds as is: C0 controls, DEL, C1 controls
+#: (U+0085 is a line break to C{str.splitlines}), the Unicode line and
+#: paragraph separators, and the backslash (so that an escape is unambiguous).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escaped(text: str) -> str:
+    """
+    @return: C{text} with control characters and backslashes written as
+        C{\\xHH} (C{\\uHHHH} for U+2028 and U+2029), as nginx escapes its
+        access log.
+    """
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escape, text)
+
+
+class AccessSink(Protocol):
+    """
+    Where each request's access line goes (C{--access-log}).
+    """
+
+    def record(self, line: str, fields: dict[str, Any]) -> None:
+        """
+        Log one request: C{line} for people, C{fields} for machines (every
+        text field L{escaped}).
+        """
+
+
+class RequestTelemetry(Protocol):
+    """
+    Told of each request's start and end, and of each try it sends.
+    """
+
+    @property
+    def in_flight(self) -> int:
+        """
+        Requests being handled now.
+        """
+
+    def request_started(self) -> None:
+        """
+        A request arrived.
+        """
+
+    def request_finished(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        error_type: str,
+        seconds: float,
+        request_id: str,
+        upstream: str,
+    ) -> None:
+        """
+        A request was answered (or its client left): C{error_type} is empty,
+        the error's type, or L{REPLAYED} for a replayed stored answer;
+        C{upstream} is empty for a request never sent.
+        """
+
+    def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
+        """
+        A try to C{upstream} ended: C{outcome} is C{ok}, C{5xx} or the
+        failure's errorType; C{seconds} from sending to response headers.
+        """
+
+    def retried(self, upstream: str) -> None:
+        """
+        A retry is sent to C{upstream}.
+        """
