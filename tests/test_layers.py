@@ -126,6 +126,17 @@ class ImportDirectionTests(SynchronousTestCase):
         if offences:
             self.fail("imports against the layers:\n" + "\n".join(offences))
 
+    def test_every_module_mapped(self) -> None:
+        """ARCHITECTURE.rst's module map names every module of the package, and every layer."""
+        text = (SOURCE.parent.parent / "ARCHITECTURE.rst").read_text()
+        missing = [
+            str(path.relative_to(SOURCE))
+            for path in sorted(SOURCE.rglob("*.py"))
+            if path.stem not in ("__init__", "__main__") and f"``{path.stem}``" not in text
+        ]
+        missing += [f"{layer}/" for layer in LAYER_OF if layer.isalpha() and f"``{layer}/``" not in text]
+        self.assertEqual(missing, [], "not in ARCHITECTURE.rst")
+
     def test_every_module_is_read(self) -> None:
         """The walk reads the modules of every layer, the top and the kernel included."""
         layers = {layer_of_module(module_name(path)) for path in SOURCE.rglob("*.py")}
