@@ -34,6 +34,7 @@ FIELDS = {"method": "GET", "path": "/api/proxy/a", "status": 200, "request_id": 
 
 class FileSinkTests(SynchronousTestCase):
     def test_text_lines_written_on_the_clock(self) -> None:
+        """File lines are written in a batch on the clock, each stamped with the clock's time, and no timer is left."""
         clock = Clock()
         clock.advance(86_400 * 365)
         out = io.StringIO()
@@ -50,6 +51,7 @@ class FileSinkTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_json_lines_carry_the_fields(self) -> None:
+        """With --log-format json each access line is a JSON object with the request's fields."""
         clock = Clock()
         out = io.StringIO()
         sink = FileSink(out, clock, json_lines=True)
@@ -60,6 +62,7 @@ class FileSinkTests(SynchronousTestCase):
         self.assertEqual((event["request_id"], event["status"], event["level"]), ("r1", 200, "info"))
 
     def test_many_lines_written_without_waiting(self) -> None:
+        """A full batch of lines is written at once, without waiting for the clock."""
         out = io.StringIO()
         sink = FileSink(out, Clock())
         for _ in range(FLUSH_LINES):
@@ -67,6 +70,7 @@ class FileSinkTests(SynchronousTestCase):
         self.assertEqual(len(out.getvalue().splitlines()), FLUSH_LINES)
 
     def test_stop_flushes_and_closes_its_file(self) -> None:
+        """Stopping the file sink writes the lines it holds."""
         path = Path(self.mktemp())
         sink = access_sink(ProxyConfig(access_log=str(path)), Clock())
         assert isinstance(sink, FileSink)
@@ -87,11 +91,13 @@ class FileSinkTests(SynchronousTestCase):
         self.assertIn("GET /api/proxy/jobs 200 tries=1", path.read_text())
 
     def test_choices(self) -> None:
+        """--access-log log, off and - pick the logger, nothing and stdout."""
         self.assertIsInstance(access_sink(ProxyConfig(access_log="log"), Clock()), LoggerSink)
         self.assertIsInstance(access_sink(ProxyConfig(access_log="off"), Clock()), NoSink)
         self.assertIsInstance(access_sink(ProxyConfig(access_log="-"), Clock()), FileSink)
 
     def test_logger_sink_emits_an_event(self) -> None:
+        """--access-log log emits each line as a twisted.logger event with its request id."""
         events: list[dict[str, object]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -99,6 +105,7 @@ class FileSinkTests(SynchronousTestCase):
         self.assertEqual([(e["access"], e["request_id"]) for e in events], [("GET / 200", "r1")])
 
     def test_bad_destination_named(self) -> None:
+        """An --access-log file in a folder that does not exist stops start-up naming the option."""
         with self.assertRaises(ConfigError) as raised:
             ProxyConfig(access_log="/no/such/dir/access.log")
         self.assertIn("--access-log", str(raised.exception))

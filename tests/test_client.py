@@ -71,6 +71,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_reuses_one_connection_and_writes_the_target_as_given(self) -> Any:
+        """Three requests share one connection, each target sent byte for byte, with the upstream's Host."""
         upstream = RecordingUpstream()
         site = CountingSite(upstream)
         port = self.listen(site)
@@ -85,6 +86,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_ipv6_host_header_is_bracketed(self) -> Any:
+        """An IPv6 upstream gets a bracketed Host header."""
         upstream = RecordingUpstream()
         port = self.listen(CountingSite(upstream), "::1")
         response = yield self.client().request(b"GET", b"http://[::1]:%d/x" % port)
@@ -93,11 +95,13 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_refused(self) -> Any:
+        """A refused connection fails the request with ConnectionRefusedError."""
         with self.assertRaises(ConnectionRefusedError):
             yield self.client().request(b"GET", b"http://127.0.0.1:%d/" % refused_port())
 
     @inlineCallbacks
     def test_idle_connections_expire_on_the_clock(self) -> Any:
+        """An idle connection is reused within the idle timeout and closed after it."""
         clock = Clock()
         site = CountingSite(RecordingUpstream())
         port = self.listen(site)
@@ -114,6 +118,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_at_most_max_idle_kept(self) -> Any:
+        """No more than max_idle connections are kept idle, and close_idle closes them."""
         site = CountingSite(RecordingUpstream())
         port = self.listen(site)
         client = self.client(max_idle=1)
@@ -126,6 +131,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_connection_the_upstream_closed_is_not_reused(self) -> Any:
+        """A connection the upstream closed is not used again: the next request opens another."""
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         factory, client, url = self.canned((ok, "close"), (ok, "keep"))
         self.assertEqual((yield readBody((yield client.request(b"GET", url)))), b"ok")
@@ -135,6 +141,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_chunked_then_until_close_over_sockets(self) -> Any:
+        """A chunked answer leaves the connection for the next request; a body until close reads to the end."""
         chunked = (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         )
@@ -150,6 +157,7 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def test_reset_mid_body_fails_the_body(self) -> Any:
+        """A reset in the middle of a body fails the body's read."""
         _, client, url = self.canned((b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "reset"))
         response = yield client.request(b"GET", url)
         with self.assertRaises(ResponseFailed):

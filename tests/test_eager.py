@@ -38,6 +38,7 @@ class EagerTests(TestCase):
 
     @inlineCallbacks
     def test_sent_before_the_reactor_turns(self) -> Any:
+        """Bytes written with nothing queued reach the peer before the reactor turns."""
         transport, peer = yield self.connected()
         send_now(transport, b"hello")
         self.assertEqual(peer.recv(100), b"hello")  # no reactor turn in between
@@ -45,6 +46,7 @@ class EagerTests(TestCase):
 
     @inlineCallbacks
     def test_queued_bytes_keep_their_order(self) -> Any:
+        """Bytes written after queued bytes wait for them: the peer gets both in order."""
         transport, peer = yield self.connected()
         transport.write(b"first ")
         send_now(transport, b"second")
@@ -63,6 +65,7 @@ class EagerTests(TestCase):
 
     @inlineCallbacks
     def test_what_the_socket_does_not_take_is_queued(self) -> Any:
+        """What the socket buffer cannot take at once is queued and arrives whole."""
         transport, peer = yield self.connected()
         big = bytes(range(256)) * 40_000  # 10 MB: more than the socket buffers hold
         send_now(transport, big)
@@ -78,6 +81,7 @@ class EagerTests(TestCase):
         self.assertEqual(bytes(received), big)
 
     def test_other_transports_get_a_plain_write(self) -> None:
+        """A transport that is not a TCP socket gets a plain write."""
         transport = StringTransport()
         send_now(transport, b"abc")
         self.assertEqual(transport.value(), b"abc")

@@ -93,6 +93,8 @@ class WireTests(SynchronousTestCase):
         return response, body
 
     def test_writes_head_and_small_body_as_given(self) -> None:
+        """The request head and a small body are written as given."""
+
         @implementer(IBodyProducer)
         class Small:
             length = 5
@@ -108,6 +110,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"POST /a;?= HTTP/1.1\r\n\r\nhello")
 
     def test_content_length_response_in_single_bytes(self) -> None:
+        """A Content-Length answer read a byte at a time keeps its status, phrase, repeated headers and body."""
         raw = b"HTTP/1.1 201 Created\r\nContent-Type: a/b\r\nContent-Length: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabc"
         response, body = self.answer(raw, pieces=1)
         self.assertEqual((response.code, response.phrase, response.length), (201, b"Created", 3))
@@ -120,6 +123,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.connection])
 
     def test_chunked_response(self) -> None:
+        """A chunked answer's body is decoded and the connection goes back to the pool."""
         raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n"
         response, body = self.answer(raw, pieces=2)
         self.assertIs(response.length, UNKNOWN_LENGTH)
@@ -127,6 +131,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.connection])
 
     def test_body_until_close(self) -> None:
+        """A body with no framing is read until the connection closes, and the connection is not reused."""
         _response, body = self.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
         self.connection.dataReceived(b" more")
         self.connection.connectionLost(Failure(ConnectionDone()))
@@ -136,12 +141,14 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.idle, [])
 
     def test_reset_cuts_body_until_close(self) -> None:
+        """A reset during a body read until close fails the body."""
         _response, body = self.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
         self.connection.connectionLost(Failure(ConnectionLost()))
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseFailed))
 
     def test_short_body_fails(self) -> None:
+        """A body shorter than its Content-Length fails, and the connection is dropped."""
         _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         self.connection.connectionLost(Failure(ConnectionDone()))
         assert body.reason is not None
@@ -149,6 +156,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.lost, [self.connection])
 
     def test_head_and_304_keep_content_length(self) -> None:
+        """A HEAD answer and a 304 keep their Content-Length header and have no body."""
         response, _body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b"HEAD")
         self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"1234"])
         self.assertEqual(response.length, 0)
@@ -165,6 +173,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual((response.code, body.data), (200, b"ok"))
 
     def test_informational_responses_skipped(self) -> None:
+        """100 and 103 answers are skipped: the client gets the final answer alone."""
         raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         response, body = self.answer(raw + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual((response.code, body.data), (200, b"ok"))
@@ -252,18 +261,23 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_bad_status_line(self) -> None:
+        """A status line of another HTTP version is refused."""
         self.assert_broken(b"HTTP/2 200 OK\r\n\r\n")
 
     def test_bad_status_code(self) -> None:
+        """A status code that is not three digits is refused."""
         self.assert_broken(b"HTTP/1.1 2x0 OK\r\n\r\n")
 
     def test_unasked_switching_protocols(self) -> None:
+        """A 101 the request did not ask for is refused."""
         self.assert_broken(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
 
     def test_bad_header_line(self) -> None:
+        """A header name with a space in it is refused."""
         self.assert_broken(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
 
     def test_conflicting_content_lengths(self) -> None:
+        """Two different Content-Length values are refused."""
         self.assert_broken(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
 
     def test_headers_too_large(self) -> None:
@@ -336,12 +350,14 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_lost_before_any_byte(self) -> None:
+        """A connection lost before any byte of an answer fails with ResponseNeverReceived."""
         result = self.send()
         self.connection.connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(result, ResponseNeverReceived)
         self.assertEqual(self.lost, [self.connection])
 
     def test_send_on_a_lost_connection_is_not_sent(self) -> None:
+        """A request sent on a lost connection fails as not sent: safe to retry."""
         self.connection.connectionLost(Failure(ConnectionDone()))
         failure = self.failureResultOf(self.send(), RequestNotSent)
         classified = classify(failure)
@@ -349,12 +365,14 @@ class WireTests(SynchronousTestCase):
         self.assertFalse(classified.reached_upstream)
 
     def test_lost_during_head(self) -> None:
+        """A connection lost in the middle of the head fails with ResponseFailed."""
         result = self.send()
         self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
         self.connection.connectionLost(Failure(ConnectionLost()))
         self.failureResultOf(result, ResponseFailed)
 
     def test_lost_while_sending_body(self) -> None:
+        """A connection lost while the body is sent fails the request and stops the body."""
         body = Slow(10)
         result = self.send(b"PUT", body)
         self.connection.connectionLost(Failure(ConnectionLost()))
@@ -362,6 +380,7 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(body.stopped)
 
     def test_cancel_aborts(self) -> None:
+        """Cancelling a try aborts its connection, and the failure says it was cancelled."""
         result = self.send()
         result.cancel()
         failure = self.failureResultOf(result, ResponseNeverReceived)
@@ -371,6 +390,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(classified.reason, "the try was cancelled")
 
     def test_early_answer_stops_the_body(self) -> None:
+        """An answer before the whole body is sent stops the body and closes the connection."""
         body = Slow(1000)
         result = self.send(b"PUT", body)
         self.connection.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
@@ -380,6 +400,7 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_unknown_length_body_is_chunked(self) -> None:
+        """A body of unknown length is sent in chunked coding."""
         body = Slow(UNKNOWN_LENGTH)
         self.send(b"POST", body)
         assert body.consumer is not None
@@ -388,6 +409,7 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(self.transport.value().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
 
     def test_body_buffered_until_delivered(self) -> None:
+        """Body bytes that arrive before deliverBody are kept, reading paused, and handed over whole."""
         result = self.send()
         self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
         response = self.successResultOf(result)
@@ -401,6 +423,7 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.transport.producerState, "producing")
 
     def test_body_transport_inert_after_the_response(self) -> None:
+        """The body's transport does nothing once its answer has ended: the next answer is untouched."""
         _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         assert body.transport is not None
         body.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -410,6 +433,7 @@ class WireTests(SynchronousTestCase):
         self.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
 
     def test_pause_stops_reading(self) -> None:
+        """Pausing the body's transport pauses reading; stopping it closes the connection."""
         _response, body = self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
         assert body.transport is not None
         body.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -420,6 +444,7 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting or self.transport.disconnected)
 
     def test_unasked_bytes_close_an_idle_connection(self) -> None:
+        """Bytes from the upstream with no request waiting close the connection."""
         self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
         self.assertTrue(self.transport.disconnecting)
 

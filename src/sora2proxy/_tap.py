@@ -28,16 +28,66 @@ from .ops._spawn import SpawnedCommand
 from .ops._workers import reuseport_tcp, sora2proxy_args, worker_command
 
 
-def _optional_int(option: str, text: str | None) -> int | None:
-    return None if text is None else int(_number(option, text, int))
-
-
 def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
     try:
         return kind(text)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise ConfigError(option, f"must be {what}, got {text!r}") from None
+
+
+#: The options taken as they are written, each the L{ProxyConfig} field of its name.
+_WORDS = (
+    "prefix",
+    "health-path",
+    "suggestion",
+    "balance",
+    "upstream-ca",
+    "log-format",
+    "access-log",
+    "idempotency-store",
+)
+#: The flags, each the L{ProxyConfig} field of its name.
+_FLAGS = (
+    "dev",
+    "retry-all-methods",
+    "jitter",
+    "preserve-host",
+    "allow-underscore-headers",
+    "idempotency-fail-closed",
+)
+#: The numbers, each the L{ProxyConfig} field of its name, in the order they are checked.
+_NUMBERS: tuple[tuple[str, type[float] | type[int]], ...] = (
+    ("health-interval", float),
+    ("health-timeout", float),
+    ("attempts", int),
+    ("backoff", float),
+    ("timeout", float),
+    ("deadline", float),
+    ("max-backoff", float),
+    ("max-retry-after", float),
+    ("retry-budget", float),
+    ("eject-after", int),
+    ("eject-time", float),
+    ("max-body", int),
+    ("drain-timeout", float),
+    ("workers", int),
+    ("worker-index", int),
+    ("max-inflight", int),
+    ("header-timeout", float),
+    ("idle-timeout", float),
+    ("upstream-idle-timeout", float),
+    ("tunnel-idle-timeout", float),
+    ("idempotency-ttl", float),
+    ("idempotency-max-body", int),
+    ("idempotency-max-entries", int),
+    ("idempotency-max-bytes", int),
+    ("idempotency-max-per-caller", int),
+)
+
+
+def _field(option: str) -> str:
+    return option.replace("-", "_")
 
 
 class Options(usage.Options):
@@ -212,56 +262,24 @@ class Options(usage.Options):
         upstream = tuple(self["upstream"]) or (upstream_from_environment(self._environ),)
         return ProxyConfig(
             upstream=upstream,
-            prefix=self["prefix"],
-            health_path=self["health-path"],
-            health_interval=_number("--health-interval", self["health-interval"]),
-            health_timeout=_number("--health-timeout", self["health-timeout"]),
-            attempts=_number("--attempts", self["attempts"], int),
-            backoff=_number("--backoff", self["backoff"]),
-            timeout=_number("--timeout", self["timeout"]),
-            suggestion=self["suggestion"],
-            dev=bool(self["dev"]),
-            retry_all_methods=bool(self["retry-all-methods"]),
-            deadline=_number("--deadline", self["deadline"]),
-            jitter=bool(self["jitter"]),
-            max_backoff=_number("--max-backoff", self["max-backoff"]),
-            max_retry_after=_number("--max-retry-after", self["max-retry-after"]),
-            retry_budget=_number("--retry-budget", self["retry-budget"]),
-            balance=self["balance"],
-            eject_after=_number("--eject-after", self["eject-after"], int),
-            eject_time=_number("--eject-time", self["eject-time"]),
-            max_body=_number("--max-body", self["max-body"], int),
-            preserve_host=bool(self["preserve-host"]),
-            allow_underscore_headers=bool(self["allow-underscore-headers"]),
-            upstream_ca=self["upstream-ca"],
+            **self._fields(),
             admin_listen=None if self["admin-listen"] in ("none", "") else self["admin-listen"],
             spawn=tuple(self["spawn"]),
-            log_format=self["log-format"],
-            access_log=self["access-log"],
-            drain_timeout=_number("--drain-timeout", self["drain-timeout"]),
-            workers=_number("--workers", self["workers"], int),
-            worker_index=None
-            if self["worker-index"] is None
-            else _number("--worker-index", self["worker-index"], int),
-            max_inflight=_number("--max-inflight", self["max-inflight"], int),
-            header_timeout=_number("--header-timeout", self["header-timeout"]),
-            idle_timeout=_number("--idle-timeout", self["idle-timeout"]),
-            upstream_idle_timeout=_number("--upstream-idle-timeout", self["upstream-idle-timeout"]),
-            tunnel_idle_timeout=_number("--tunnel-idle-timeout", self["tunnel-idle-timeout"]),
-            idempotency_store=self["idempotency-store"],
-            idempotency_ttl=_number("--idempotency-ttl", self["idempotency-ttl"]),
-            idempotency_max_body=_number("--idempotency-max-body", self["idempotency-max-body"], int),
-            idempotency_max_entries=_number(
-                "--idempotency-max-entries", self["idempotency-max-entries"], int
-            ),
-            idempotency_max_bytes=_number("--idempotency-max-bytes", self["idempotency-max-bytes"], int),
-            idempotency_fail_closed=bool(self["idempotency-fail-closed"]),
             require_idempotency_key=tuple(self["require-idempotency-key"]),
-            idempotency_max_per_caller=_number(
-                "--idempotency-max-per-caller", self["idempotency-max-per-caller"], int
-            ),
             identity_headers=self._identity_headers(),
         )
+
+    def _fields(self) -> dict[str, Any]:
+        """
+        The words, flags and numbers, each under its L{ProxyConfig} field's
+        name; the first bad number (in L{_NUMBERS}' order) is the one named.
+        """
+        fields: dict[str, Any] = {_field(option): self[option] for option in _WORDS}
+        fields.update({_field(option): bool(self[option]) for option in _FLAGS})
+        for option, kind in _NUMBERS:
+            text = self[option]
+            fields[_field(option)] = None if text is None else _number(f"--{option}", text, kind)
+        return fields
 
 
 def _any_port(description: str) -> bool:

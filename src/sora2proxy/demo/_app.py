@@ -14,9 +14,10 @@ from typing import Any
 from attrs import define, field, frozen
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.web.server import Request
+from zope.interface import implementer
 
 #: Seconds a demo job takes to "generate".
 JOB_SECONDS = 6.0
@@ -176,36 +177,39 @@ def _stream_bytes(request: Request, size: int) -> Deferred[bytes]:
     """
     Write C{size} bytes with backpressure (a push producer on the request).
     """
-    from twisted.internet.interfaces import IPushProducer
-    from zope.interface import implementer
-
-    finished: Deferred[bytes] = Deferred()
-
-    @implementer(IPushProducer)
-    class Bytes:
-        def __init__(self) -> None:
-            self.left = size
-            self.paused = False
-            self.stopped = False
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-            while not self.paused and not self.stopped and self.left > 0:
-                n = min(CHUNK, self.left)
-                self.left -= n
-                request.write(b"\0" * n)
-            if self.left == 0 and not self.stopped:
-                self.stopped = True
-                request.unregisterProducer()
-                finished.callback(b"")  # Klein finishes the request
-
-        def stopProducing(self) -> None:
-            self.stopped = True
-
-    producer = Bytes()
+    producer = ByteStream(request, size)
     request.registerProducer(producer, True)
     producer.resumeProducing()
-    return finished
+    return producer.finished
+
+
+@implementer(IPushProducer)
+class ByteStream:
+    """
+    Writes C{size} zero bytes to C{request} as fast as it reads them; fires
+    C{finished} once all are written (Klein then finishes the request).
+    """
+
+    def __init__(self, request: Request, size: int) -> None:
+        self._request = request
+        self.left = size
+        self.paused = False
+        self.stopped = False
+        self.finished: Deferred[bytes] = Deferred()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.stopped and self.left > 0:
+            n = min(CHUNK, self.left)
+            self.left -= n
+            self._request.write(b"\0" * n)
+        if self.left == 0 and not self.stopped:
+            self.stopped = True
+            self._request.unregisterProducer()
+            self.finished.callback(b"")
+
+    def stopProducing(self) -> None:
+        self.stopped = True

@@ -6,7 +6,7 @@ is given, and pausing that transport pauses reading from the upstream.
 
 from __future__ import annotations
 
-from typing import Protocol as Interface
+import typing
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -18,7 +18,7 @@ from zope.interface import implementer
 from ._headers import Fields, headers_of
 
 
-class ReadControl(Interface):
+class ReadControl(typing.Protocol):
     """
     What a response needs of its connection.
     """

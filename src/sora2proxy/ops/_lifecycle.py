@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from attrs import define, field
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -69,13 +69,6 @@ class DrainingListeners(MultiService):
         self._watch.clock = self._clock
         self._watch.start(0.05, now=True)
         return stopped.addCallback(lambda _: drained)
-
-
-def add_listener(listeners: DrainingListeners, service: IService) -> None:
-    """
-    Put a listening service under the drain.
-    """
-    service.setServiceParent(listeners)
 
 
 class StopInOrder(MultiService):

@@ -23,8 +23,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from .._errors import ECONNREFUSED
-from ..ops._metrics import Telemetry
 from ._classify import TryFailure, classify
+from ._observers import HealthObserver
 
 #: Health samples kept per upstream for the status page's timeline.
 HISTORY = 120
@@ -108,7 +108,7 @@ class HealthState:
         self.status = status
         self.reason = reason
 
-    # TryObserver
+    # Told of proxied tries by the RequestRouter.
     def try_succeeded(self) -> None:
         """
         A proxied try got a response: the upstream is up.
@@ -140,7 +140,7 @@ class HealthMonitor(Service):
     _url: bytes
     _interval: float
     _timeout: float
-    _telemetry: Telemetry | None = None
+    _telemetry: HealthObserver | None = None
     _loop: LoopingCall | None = field(default=None, init=False)
     _check: Deferred[None] | None = field(default=None, init=False)
     _check_started: float = field(default=0.0, init=False)

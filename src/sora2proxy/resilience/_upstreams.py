@@ -18,10 +18,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from .._config import ProxyConfig, base_of
-from ..ops._metrics import Telemetry
 from ._classify import TryFailure
 from ._ejection import GATEWAY_FAILURES, Ejection
 from ._health import HISTORY, HealthState
+from ._observers import TryObserver
 
 #: The words of L{serving_state}.
 SERVING, DEGRADED, NOT_READY = "serving", "degraded", "not ready"
@@ -191,7 +191,7 @@ class RequestRouter:
     _headers: Headers
     _body: IBodyProducer | None
     first: Upstream
-    _telemetry: Telemetry | None = None
+    _telemetry: TryObserver | None = None
     _clock: IReactorTime | None = None
     tried: list[Upstream] = field(factory=list, init=False)
     _sent_at: float = field(default=0.0, init=False)
