@@ -75,8 +75,7 @@ class Exchange:
             headers,
             body_of(request, self._parts.cooperator),
             self._first,
-            # Until resilience types this as its own observer Protocol (branch layers).
-            self._parts.telemetry,  # type: ignore[arg-type]
+            self._parts.telemetry,
             self._parts.clock,
         )
 
