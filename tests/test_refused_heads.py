@@ -33,7 +33,10 @@ MALFORMED = [
         b"3\r\nabc\r\n0\r\n\r\n",
         "not two, not both",
     ),
-    (b"POST /api/proxy/a HTTP/1.1\r\nHost: p\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", "not two"),
+    (
+        b"POST /api/proxy/a HTTP/1.1\r\nHost: p\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "not two",
+    ),
     (b"POST /api/proxy/a HTTP/1.1\r\nHost: p\r\nContent-Length: +3\r\n\r\nabc", "decimal digits only"),
     (b"POST /api/proxy/a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: xchunked\r\n\r\n", "only transfer coding"),
     (b"GET /api/proxy/a HTTP/1.2\r\nHost: p\r\n\r\n", "must be HTTP/1.1 or HTTP/1.0"),
