@@ -8,12 +8,13 @@ stands in the field's token list.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from .helpers import LoopbackMixin, RecordingUpstream
+from .helpers import LoopbackMixin, RecordingUpstream, eventually
 from .test_request_head import exchange
 
 GET = b"GET /api/proxy/a HTTP/1.1\r\n"
@@ -117,3 +118,85 @@ class ConnectionCloseTokens(LoopbackMixin, TestCase):
             self.assertEqual(status, b"HTTP/1.1 200 OK", fields)
             self.assertEqual(headers.get(b"connection"), b"close", fields)
         self.assertEqual(len(upstream.seen), 5)
+
+
+#: Each refusal: the request, the status, the access line's method and
+#: target, and the error type.
+REFUSALS = [
+    (GET + b"Host: p\r\nX-A: a\x00b\r\n\r\n", 400, "GET /api/proxy/a", "BAD_REQUEST"),
+    (b"GET /api/proxy/b HTTP/1.1\r\nHost: evil.example/x?\r\n\r\n", 400, "GET /api/proxy/b", "BAD_REQUEST"),
+    (b"PUT  /api/proxy/c HTTP/1.1\r\nHost: p\r\n\r\n", 400, "PUT -", "BAD_REQUEST"),
+    (
+        b"GET /api/proxy/" + b"d" * 9000 + b" HTTP/1.1\r\nHost: p\r\n\r\n",
+        414,
+        "GET /api/proxy/ddd",
+        "URI_TOO_LONG",
+    ),
+    (
+        b"GET /api/proxy/e HTTP/1.1\r\nHost: p\r\n" + b"X-N: 1\r\n" * 101 + b"\r\n",
+        431,
+        "GET /api/proxy/e",
+        "HEADERS_TOO_LARGE",
+    ),
+    (
+        b"POST /api/proxy/f HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n",
+        413,
+        "POST /api/proxy/f",
+        "BODY_TOO_LARGE",
+    ),
+    (b"GET /api/proxy/g HTTP/1.1\r\nHost: p\r\n", 408, "GET /api/proxy/g", "HEADER_TIMEOUT"),
+]
+
+
+class RefusalsAreVisible(LoopbackMixin, TestCase):
+    timeout = 20
+
+    @inlineCallbacks
+    def test_each_refusal_logged_and_counted(self) -> Any:
+        """Every refused request writes one access line and counts in the metrics and on the status page."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        log = Path(self.mktemp()).absolute()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proxy, p = self.start_proxy(
+            upstream=url,
+            health_path="",
+            access_log=str(log),
+            header_timeout=0.5,
+            idle_timeout=60,
+            max_body=10,
+        )
+        for request, status, _, _ in REFUSALS:
+            answer = yield exchange(proxy, request)
+            self.assertEqual(answer.split(b" ", 2)[1], str(status).encode(), request[:60])
+        yield eventually(lambda: log.exists() and len(log.read_text().splitlines()) >= len(REFUSALS))
+        lines = log.read_text().splitlines()
+        self.assertEqual(len(lines), len(REFUSALS), lines)
+        for line, (_, status, request, error_type) in zip(lines, REFUSALS, strict=True):
+            self.assertIn(f" {request}", line)
+            self.assertRegex(line, rf" {status} tries=0 \d+ms {error_type} id=[0-9a-f]{{32}}$")
+        self.assertNotIn("d" * 1025, lines[3])  # a 414's target is cut
+        sample = p.telemetry.registry.get_sample_value
+        for error_type, count in (
+            ("BAD_REQUEST", 3),
+            ("URI_TOO_LONG", 1),
+            ("HEADERS_TOO_LARGE", 1),
+            ("BODY_TOO_LARGE", 1),
+            ("HEADER_TIMEOUT", 1),
+        ):
+            self.assertEqual(sample("sora2proxy_errors_total", {"error_type": error_type}), count, error_type)
+        self.assertEqual(sample("sora2proxy_requests_total", {"method": "GET", "status": "400"}), 2)
+        self.assertEqual(sample("sora2proxy_requests_total", {"method": "GET", "status": "408"}), 1)
+        self.assertEqual(p.telemetry.in_flight, 0)
+        groups = p.telemetry.board.snapshot([], 0, False)["errors"]["groups"]
+        self.assertEqual(
+            {g["errorType"]: g["total"] for g in groups},
+            {
+                "BAD_REQUEST": 3,
+                "URI_TOO_LONG": 1,
+                "HEADERS_TOO_LARGE": 1,
+                "BODY_TOO_LARGE": 1,
+                "HEADER_TIMEOUT": 1,
+            },
+        )
+        self.assertEqual(upstream.seen, [])

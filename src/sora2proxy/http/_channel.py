@@ -243,15 +243,21 @@ class ProxyChannel(HTTPChannel):
         if self.transport is not None:
             self.transport.write(raw_error(kind, message, details, request_id))
             self.transport.loseConnection()
-        method, target = self._request_so_far(line)
-        self.tell_refused(Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message))
+        self.tell_refused(kind, message, request_id, seconds, line)
 
-    def tell_refused(self, refusal: Refusal) -> None:
+    def tell_refused(
+        self, kind: ErrorKind, message: str, request_id: str, seconds: float = 0.0, line: bytes | None = None
+    ) -> None:
         """
-        Tell L{on_refused} of C{refusal} (a refusal of this channel's own, or
-        of one of its requests).
+        Tell L{on_refused} that the request being read was refused with
+        C{kind} (by this channel, or by its request: a body too large).
+
+        @param line: the request line, when the request was refused before
+            Twisted read it.
         """
         if self.on_refused is not None:
+            method, target = self._request_so_far(line)
+            refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)
             self.on_refused.request_refused(refusal)
 
     def _head_seconds(self) -> float:
