@@ -94,6 +94,24 @@ class MalformedHeadsGetOneAnswer(LoopbackMixin, TestCase):
         self.assertEqual(upstream.seen, [])
 
 
+class LongRequestLine(LoopbackMixin, TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_empty_line_first_does_not_lift_the_limit(self) -> Any:
+        """A request line over 8 KiB gets 414 also when an empty line comes before it."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="")
+        target = b"/api/proxy/" + b"a" * 9000
+        for before in (b"", b"\r\n"):
+            answer = yield exchange(proxy, before + b"GET " + target + b" HTTP/1.1\r\nHost: p\r\n\r\n")
+            status, _, body = one_response(answer)
+            self.assertEqual(status, b"HTTP/1.1 414 URI Too Long", before)
+            self.assertEqual(json.loads(body)["details"]["errorType"], "URI_TOO_LONG")
+        self.assertEqual(upstream.seen, [])
+
+
 class ConnectionCloseTokens(LoopbackMixin, TestCase):
     timeout = 15
 

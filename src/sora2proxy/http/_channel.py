@@ -137,6 +137,10 @@ class ProxyChannel(HTTPChannel):
         if self._refused:
             return
         first = self._head_lines == 0
+        if first and not line:  # an empty line before the request line: Twisted skips one
+            self._line = line
+            super().lineReceived(line)  # type: ignore[no-untyped-call]
+            return
         self._head_lines += 1
         self._head_bytes += len(line) + 2
         if first and len(line) > MAX_REQUEST_LINE:
