@@ -138,7 +138,7 @@ class LoopbackMixin:
         config = ProxyConfig(**options)
         proxy = build_proxy(config, reactor)
         proxy.service.startService()
-        site = ProxySite(proxy.resource, config)
+        site = ProxySite(proxy.resource, config, refusals=proxy.refusals)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(proxy.service.stopService)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)  # type: ignore[attr-defined]

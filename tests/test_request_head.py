@@ -227,8 +227,9 @@ class AccessLogOverSockets(LoopbackMixin, TestCase):
         path = Path(self.mktemp()).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         proxy, _ = self.start_proxy(upstream=url, health_path="", access_log=str(path), log_format=log_format)
-        # Twisted refuses U+0085 sent as UTF-8 (0xC2 0x85) before the proxy
-        # sees the request (no access line); a raw 0x85 byte reaches the proxy.
+        # Twisted refuses U+0085 sent as UTF-8 (0xC2 0x85) before the proxy's
+        # resource sees the request (the channel logs it, read as latin-1);
+        # a raw 0x85 byte reaches the resource.
         for target, status in (
             (b"/api/proxy/a\xc2\x85b", 400),
             (b"/api/proxy/c\x85d\x7fe\x9bf\\g", 400),
@@ -244,17 +245,19 @@ class AccessLogOverSockets(LoopbackMixin, TestCase):
     def test_text_line_escaped(self) -> Any:
         """A target holding U+0085 (a raw 0x85 byte) is escaped in the text access log and splits no line."""
         lines = yield self.check_escaped("text")
-        self.assertEqual(len(lines), 2, lines)
-        self.assertIn(" GET /api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg 400 ", lines[0])
-        self.assertIn(" GET /api/proxy/ok 200 ", lines[1])
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn(" GET /api/proxy/a\u00c2\\x85b 400 ", lines[0])
+        self.assertIn(" GET /api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg 400 ", lines[1])
+        self.assertIn(" GET /api/proxy/ok 200 ", lines[2])
 
     @inlineCallbacks
     def test_json_line_escaped(self) -> Any:
         """The same target is escaped the same way in the JSON access log."""
         lines = yield self.check_escaped("json")
-        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(len(lines), 3, lines)
         events = [json.loads(line) for line in lines]
         self.assertEqual(
-            [e["path"] for e in events], ["/api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg", "/api/proxy/ok"]
+            [e["path"] for e in events],
+            ["/api/proxy/a\u00c2\\x85b", "/api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg", "/api/proxy/ok"],
         )
-        self.assertTrue(events[0]["message"].startswith("GET /api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg 400 "))
+        self.assertTrue(events[1]["message"].startswith("GET /api/proxy/c\\x85d\\x7fe\\x9bf\\x5cg 400 "))

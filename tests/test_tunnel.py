@@ -42,6 +42,10 @@ class _Channel:
     def __init__(self) -> None:
         self.transport = StringTransport()
         self.transport.registerProducer(self, True)
+        self._dataBuffer: list[bytes] = []
+
+    def clearLineBuffer(self) -> bytes:
+        return b""
 
     def setTimeout(self, seconds: float | None) -> None:
         pass

@@ -19,10 +19,12 @@ from twisted.web.resource import IResource
 from ._config import ProxyConfig
 from .forward._messages import SpawnedChild
 from .forward._parts import ProxyParts, body_cooperator
+from .forward._refused import RefusalLog
 from .forward._resource import ProxyResource
 from .forward._seams import AccessSink
 from .http._client import UpstreamClient
 from .http._endpoints import UpstreamEndpoints, tls_policy
+from .http._refusal import RefusalListener
 from .idempotency._guard import IdempotencyGuard
 from .idempotency._memory import MemoryStore
 from .idempotency._store import IdempotencyStore, redis_store
@@ -48,12 +50,16 @@ class Proxy:
         connections), for instance as a child of the application's service.
     @ivar balancer: the upstreams, each with its health and ejection state.
     @ivar telemetry: metrics, in-flight count and status board (for an admin page).
+    @ivar refusals: give it to the L{ProxySite} that serves C{resource}: the
+        requests the site refuses before C{resource} sees them (malformed
+        heads, bodies too large) are then logged and counted as the others.
     """
 
     resource: IResource
     service: IService
     balancer: Balancer
     telemetry: Telemetry
+    refusals: RefusalListener | None = None
 
     @property
     def health(self) -> HealthState | None:
@@ -154,7 +160,8 @@ def build_proxy(
         guard=guard,
         children=children,
     )
-    return Proxy(ProxyResource(parts), service, balancer, telemetry)
+    refusals = RefusalLog(telemetry, access, config.upstream)
+    return Proxy(ProxyResource(parts), service, balancer, telemetry, refusals)
 
 
 def _pooled_client(

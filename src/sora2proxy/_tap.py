@@ -331,7 +331,7 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
         child.setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
-    site = ProxySite(proxy.resource, config, reactor=reactor)
+    site = ProxySite(proxy.resource, config, reactor=reactor, refusals=proxy.refusals)
     bind = listen_now if config.worker_index is None else listen_shared_now
     for description in listen:
         bind("--listen", description, reactor, site).setServiceParent(listeners)

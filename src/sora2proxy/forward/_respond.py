@@ -23,7 +23,7 @@ from twisted.web.server import Request
 from .._config import ProxyConfig
 from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
-from ._seams import AccessSink, RequestTelemetry, escaped
+from ._seams import AccessSink, RequestTelemetry, record_access
 
 
 @define
@@ -206,25 +206,16 @@ class Responder:
             context.request_id,
             upstream or "",  # the status page names no upstream for a request never sent
         )
-        upstream = upstream or self._config.upstream
-        # Every text field escaped: the method and path are the client's bytes.
-        method = escaped(context.method.decode("latin-1"))
-        path = escaped(context.path)
-        error_type = escaped(error_type)
-        request_id = escaped(context.request_id)
-        duration_ms = round(elapsed * 1000)
-        self._access.record(
-            f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
-            {
-                "method": method,
-                "path": path,
-                "status": status,
-                "tries": tries,
-                "duration_ms": duration_ms,
-                "error_type": error_type,
-                "request_id": request_id,
-                "upstream": escaped(upstream),
-            },
+        record_access(
+            self._access,
+            context.method.decode("latin-1"),
+            context.path,
+            status,
+            tries,
+            elapsed,
+            error_type,
+            context.request_id,
+            upstream or self._config.upstream,
         )
 
 

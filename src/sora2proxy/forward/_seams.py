@@ -53,6 +53,38 @@ class AccessSink(Protocol):
         """
 
 
+def record_access(
+    sink: AccessSink,
+    method: str,
+    path: str,
+    status: int,
+    tries: int,
+    seconds: float,
+    error_type: str,
+    request_id: str,
+    upstream: str,
+) -> None:
+    """
+    Write one request's access line to C{sink}, every text field escaped
+    (the method and path are the client's bytes).
+    """
+    method, path, error_type, request_id = map(escaped, (method, path, error_type, request_id))
+    duration_ms = round(seconds * 1000)
+    sink.record(
+        f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
+        {
+            "method": method,
+            "path": path,
+            "status": status,
+            "tries": tries,
+            "duration_ms": duration_ms,
+            "error_type": error_type,
+            "request_id": request_id,
+            "upstream": escaped(upstream),
+        },
+    )
+
+
 class RequestTelemetry(Protocol):
     """
     Told of each request's start and end, and of each try it sends.

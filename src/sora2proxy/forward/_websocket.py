@@ -17,7 +17,6 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.client import URI
 from twisted.web.http_headers import Headers
@@ -26,6 +25,7 @@ from twisted.web.server import Request
 from .._errors import INTERNAL, TIMEOUT, UPSTREAM_ERROR, ErrorKind
 from ..http._handshake import HandshakeHead, WireError
 from ..http._headers import REQUEST_ID, VIA
+from ..http._takeover import take_over
 from ..resilience._classify import classify
 from ..resilience._retry import RetryPolicy
 
@@ -252,28 +252,6 @@ class UpstreamSide(Protocol):
             self._timer.cancel()
         if self.client.transport is not None and not self.client.closed:
             self.client.transport.loseConnection()
-
-
-def take_over(request: Request, client: ClientSide) -> ITransport:
-    """
-    Detach the client's connection from twisted.web and give it to
-    C{client} (as Autobahn's WebSocketResource does).
-
-    @return: the client's transport.
-    """
-    channel = request.channel
-    assert channel is not None
-    transport = channel.transport
-    assert transport is not None
-    channel.setTimeout(None)
-    transport.unregisterProducer()  # type: ignore[attr-defined]
-    channel.transport = None
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = client  # TLS: the wrapper delivers to us
-    else:
-        transport.protocol = client  # type: ignore[attr-defined]
-    client.makeConnection(transport)  # type: ignore[no-untyped-call]
-    return transport
 
 
 @define

@@ -2,7 +2,8 @@
 The wire on both sides, and nothing of forwarding.
 
 Server side: L{ProxyChannel} and L{ProxySite} (request-head limits, the body
-limit, early refusals).  Upstream side: the pooled L{UpstreamClient}, one
+limit, early refusals, told to a L{RefusalListener}), and L{take_over} of a
+connection (WebSocket tunnels).  Upstream side: the pooled L{UpstreamClient}, one
 L{UpstreamConnection} per socket, the llhttp response reader, the
 L{IResponse} it hands over, the chunked coding, eager writes, and the
 endpoints that reach an upstream.  Header helpers shared by both sides.

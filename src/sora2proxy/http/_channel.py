@@ -12,6 +12,11 @@ lines end in a bare LF, when C{Host} is missing (HTTP/1.1), repeated or not a
 host and port (RFC 9112 section 3.2), and when a chunk size does not fit in
 64 bits; request headers whose names hold C{_} are dropped, as nginx does
 (C{underscores_in_headers off}), unless C{allow_underscore_headers}.
+
+Every refusal, Twisted's own 400s included, is one JSON error saying what is
+wrong (L{_refusal}), the connection then closed, and the site's
+L{RefusalListener} told.  C{Connection: close} is honoured anywhere in the
+field's token list.
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ from twisted.web.http_headers import Headers
 from .._errors import BAD_REQUEST, ErrorKind, raw_error
 from ._eager import send_now
 from ._headers import new_request_id, valid_host
+from ._refusal import (
+    MAX_LOGGED_TARGET,
+    Refusal,
+    RefusalListener,
+    header_problem,
+    known_request,
+    request_line_problem,
+)
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
 HEADERS_TOO_LARGE = ErrorKind("HEADERS_TOO_LARGE", 431, "Request headers too large")
@@ -45,7 +58,18 @@ class StrictChunkedDecoder(_ChunkedTransferDecoder):
     Twisted's chunked decoder, refusing a chunk size that does not fit in 64
     bits (RFC 9112 section 7.1: recipients guard against overflow), which
     Twisted would otherwise wait on for ever.
+
+    @ivar problem: why the body was refused (or L{None}).
     """
+
+    problem: str | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            super().dataReceived(data)
+        except _MalformedChunkedDataError as malformed:
+            self.problem = str(malformed)
+            raise
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
         end = self._buffer.find(b"\r\n", self._start)
@@ -60,12 +84,17 @@ class ProxyChannel(HTTPChannel):
     """
     An C{HTTPChannel} that enforces the proxy's request-head limits.
 
+    Every head it refuses gets exactly one response, the proxy's JSON error
+    (Twisted's own bare 400 included), and its connection closes.
+
     @ivar header_timeout: seconds from a request's first byte to the end of
         its headers (0 disables).
+    @ivar on_refused: told of each refused request (or L{None}).
     """
 
     header_timeout = 10.0
     allow_underscore_headers = False
+    on_refused: RefusalListener | None = None
     totalHeadersSize = MAX_HEAD_BYTES + 1024  # Twisted's own check stays a backstop
     maxHeaders = MAX_HEADERS + 10
 
@@ -77,6 +106,8 @@ class ProxyChannel(HTTPChannel):
         self._refused = False
         self._held = b""
         self._host: Any = None
+        self._line = b""  # the head line being read, and the header line
+        self._header = b""  # being checked: what a 400 explains
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -106,10 +137,14 @@ class ProxyChannel(HTTPChannel):
         if self._refused:
             return
         first = self._head_lines == 0
+        if first and not line:  # an empty line before the request line: Twisted skips one
+            self._line = line
+            super().lineReceived(line)  # type: ignore[no-untyped-call]
+            return
         self._head_lines += 1
         self._head_bytes += len(line) + 2
         if first and len(line) > MAX_REQUEST_LINE:
-            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.")
+            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.", line)
             return
         if self._head_lines > MAX_HEADERS + 1 or self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(
@@ -117,11 +152,12 @@ class ProxyChannel(HTTPChannel):
                 f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them.",
             )
             return
+        self._line = line
         super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._head_lines == 0:
-            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.")
+            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.", line)
         else:
             self._refuse(HEADERS_TOO_LARGE, "A request header line is too long.")
 
@@ -137,6 +173,7 @@ class ProxyChannel(HTTPChannel):
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
 
     def headerReceived(self, line: bytes) -> bool:
+        self._header = line
         if b"_" in line and not self.allow_underscore_headers:
             name, colon, _ = line.partition(b":")
             if colon and b"_" in name:
@@ -165,19 +202,84 @@ class ProxyChannel(HTTPChannel):
         self._head_timer = None
 
     def _too_slow(self) -> None:
-        self._head_timer = None
         self._refuse(HEADER_TIMEOUT, f"The request headers did not arrive within {self.header_timeout:g} s.")
 
-    def _refuse(self, kind: ErrorKind, message: str) -> None:
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # RFC 9110 section 7.6.1: Connection is a list of tokens, in any case,
+        # over any number of fields (Twisted splits the first on spaces only).
+        fields = request.requestHeaders.getRawHeaders(b"connection") or ()
+        if version == b"HTTP/1.1" and any(
+            token.strip(b" \t").lower() == b"close" for field in fields for token in field.split(b",")
+        ):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        persistent: bool = super().checkPersistence(request, version)  # type: ignore[no-untyped-call]
+        return persistent
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Where every 400 Twisted's parser decides is sent: the proxy's JSON
+        # error instead of a bare one, saying what is wrong, once.
+        line = None if hasattr(self, "_command") else self._line
+        self._refuse(BAD_REQUEST, self._bad_request_problem(), line)
+
+    def _bad_request_problem(self) -> str:
+        decoder = self._transferDecoder
+        if not self.line_mode:
+            problem = getattr(decoder, "problem", None)
+            return f"The chunked request body is malformed: {problem or 'bad framing'}"
+        if not hasattr(self, "_command"):
+            return request_line_problem(self._line)
+        return header_problem(self._header, decoder is not None)
+
+    def _refuse(self, kind: ErrorKind, message: str, line: bytes | None = None) -> None:
         if self._refused:
             return
         self._refused = True
+        seconds = self._head_seconds()
         self._cancel_timer()
         request_id = new_request_id()
-        details = {"attempts": 0, "durationMs": 0, "requestId": request_id, "suggestion": message}
+        details = {
+            "attempts": 0,
+            "durationMs": round(seconds * 1000),
+            "requestId": request_id,
+            "suggestion": message,
+        }
         if self.transport is not None:
             self.transport.write(raw_error(kind, message, details, request_id))
             self.transport.loseConnection()
+        self.tell_refused(kind, message, request_id, seconds, line)
+
+    def tell_refused(
+        self, kind: ErrorKind, message: str, request_id: str, seconds: float = 0.0, line: bytes | None = None
+    ) -> None:
+        """
+        Tell L{on_refused} that the request being read was refused with
+        C{kind} (by this channel, or by its request: a body too large).
+
+        @param line: the request line, when the request was refused before
+            Twisted read it.
+        """
+        if self.on_refused is not None:
+            method, target = self._request_so_far(line)
+            refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)
+            self.on_refused.request_refused(refusal)
+
+    def _head_seconds(self) -> float:
+        # From the first incomplete read of the head, as its timer knows;
+        # a head refused as it arrives took no time.
+        timer, clock = self._head_timer, getattr(getattr(self, "site", None), "reactor", None)
+        if timer is None or clock is None or not self.header_timeout:
+            return 0.0
+        started = timer.getTime() - self.header_timeout
+        return max(0.0, float(clock.seconds()) - started)
+
+    def _request_so_far(self, line: bytes | None) -> tuple[str, str]:
+        command = getattr(self, "_command", None)
+        if command is not None:
+            return command.decode("latin-1"), self._path.decode("latin-1")[:MAX_LOGGED_TARGET]
+        if line is None:  # the request line as far as it arrived
+            line = self._buffer.split(b"\n", 1)[0].split(b"\r", 1)[0]
+        return known_request(line)
 
     # Writing the response: its head is held until the first body bytes (or
     # the request's end), and both go to the socket at once (send_now).

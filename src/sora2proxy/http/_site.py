@@ -16,6 +16,7 @@ from .._config import ProxyConfig
 from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
 from ._headers import request_id_from
+from ._refusal import RefusalListener
 
 
 class ProxyRequest(Request):
@@ -71,12 +72,14 @@ class ProxyRequest(Request):
             "requestId": request_id,
             "maxBody": config.max_body,
         }
-        response = raw_error(BODY_TOO_LARGE, body_too_large_message(config.max_body), details, request_id)
+        message = body_too_large_message(config.max_body)
         channel = self.channel
         assert channel is not None
         assert channel.transport is not None
-        channel.transport.write(response)
+        channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id))
         channel.loseConnection()
+        if isinstance(channel, ProxyChannel):
+            channel.tell_refused(BODY_TOO_LARGE, message, request_id)
 
 
 class QuietSite(Site):
@@ -97,7 +100,8 @@ class ProxySite(QuietSite):
     """
     The site that serves the proxy: its connections are L{ProxyChannel}s
     (request-head limits), its requests L{ProxyRequest}s (body limit), and
-    idle connections close after C{config.idle_timeout}.
+    idle connections close after C{config.idle_timeout}.  What either
+    refuses is told to C{refusals}.
 
     @ivar config: the proxy's configuration.
     """
@@ -105,13 +109,27 @@ class ProxySite(QuietSite):
     protocol = ProxyChannel  # type: ignore[assignment]
     requestFactory = ProxyRequest
 
-    def __init__(self, resource: Any, config: ProxyConfig, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        config: ProxyConfig,
+        reactor: Any = None,
+        refusals: RefusalListener | None = None,
+    ) -> None:
+        """
+        @param refusals: told of each request refused before C{resource}
+            saw it (a malformed head, a body over the limit): the access log
+            and metrics of the proxy that C{resource} serves (its
+            C{Proxy.refusals}).
+        """
         super().__init__(resource, reactor=reactor)
         self.config = config
+        self.refusals = refusals
         self.timeOut = config.idle_timeout or None
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         channel.header_timeout = self.config.header_timeout
         channel.allow_underscore_headers = self.config.allow_underscore_headers
+        channel.on_refused = self.refusals
         return channel
