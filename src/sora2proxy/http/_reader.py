@@ -253,6 +253,8 @@ class ResponseReader:
         control = self._control
         if upgraded:
             self._keep_alive = False
+        if self._code == 204 and b"transfer-encoding" in control:  # RFC 9112 6.1: MUST NOT
+            raise WireError("a 204 answer with Transfer-Encoding")
         if self._head_request or self._code in _NO_BODY:
             if b"content-length" in control:  # it describes the resource: end to end
                 self._fields[b"content-length"] = control.pop(b"content-length")
