@@ -20,6 +20,7 @@ from sora2proxy.http._site import ProxySite, QuietSite
 from sora2proxy.ops._admin import Admin
 
 from .helpers import LoopbackMixin, eventually, json_of, reactor, refused_port
+from .test_answers import exchange
 from .test_ejection_loopback import Backend, Killable
 
 
@@ -83,3 +84,18 @@ class HealthGaugeTests(ServedProxy):
         self.assertEqual(json_of(status)["upstreams"][0]["health"], "unknown")
         _, metrics = yield self.fetch(b"GET", f"http://127.0.0.1:{admin}/metrics")
         self.assertEqual(healthy_gauge(metrics), {url: -1.0})
+
+
+class PhraseTests(ServedProxy):
+    @inlineCallbacks
+    def test_admin_statuses_have_phrases(self) -> Any:
+        """The admin port's 421 for a foreign Host, and its 200 and 503, go out with their registered phrases."""
+        _, admin, _ = self.serve(upstream=f"http://127.0.0.1:{refused_port()}/api", health_path="")
+        for host, path, line in (
+            (b"evil.example", b"/ready", b"HTTP/1.1 421 Misdirected Request"),
+            (b"localhost", b"/health", b"HTTP/1.1 200 OK"),
+        ):
+            answer = yield exchange(
+                admin, b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)
+            )
+            self.assertEqual(head_and_body(answer)[0][0], line)
