@@ -9,6 +9,7 @@ carries no C{Content-Length} (RFC 9110 section 8.6), a 304 keeps its own.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,3 +100,24 @@ class PhraseTests(ServedProxy):
                 admin, b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)
             )
             self.assertEqual(head_and_body(answer)[0][0], line)
+
+
+class InvalidKeyTests(ServedProxy):
+    @inlineCallbacks
+    def test_invalid_key_says_what_to_change(self) -> Any:
+        """Two Idempotency-Key headers, or a non-ASCII one, get 400 saying how to send the key, not to retry."""
+        public, _, _ = self.serve(upstream=f"http://127.0.0.1:{refused_port()}/api", health_path="")
+        for keys in (b"Idempotency-Key: a\r\nIdempotency-Key: b\r\n", b"Idempotency-Key: \xc3\xa9\r\n"):
+            answer = yield exchange(
+                public,
+                b"POST /api/proxy/jobs HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\nConnection: close\r\n"
+                + keys
+                + b"\r\n{}",
+            )
+            lines, body = head_and_body(answer)
+            self.assertEqual(lines[0], b"HTTP/1.1 400 Bad Request")
+            details = json.loads(body)["details"]
+            self.assertEqual(details["errorType"], "IDEMPOTENCY_KEY_INVALID")
+            self.assertIn("one Idempotency-Key header", details["suggestion"])
+            self.assertIn("printable ASCII", details["suggestion"])
+            self.assertNotIn("retry", details["suggestion"].lower())
