@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from sora2proxy import ProxyConfig, build_proxy
@@ -21,7 +22,7 @@ from sora2proxy.http._site import ProxySite, QuietSite
 from sora2proxy.ops._admin import Admin
 
 from .helpers import LoopbackMixin, eventually, json_of, reactor, refused_port
-from .test_answers import exchange
+from .test_answers import _Canned, exchange
 from .test_ejection_loopback import Backend, Killable
 
 
@@ -121,3 +122,58 @@ class InvalidKeyTests(ServedProxy):
             self.assertIn("one Idempotency-Key header", details["suggestion"])
             self.assertIn("printable ASCII", details["suggestion"])
             self.assertNotIn("retry", details["suggestion"].lower())
+
+
+GET = b"GET /api/proxy/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+KEYED_POST = (
+    b"POST /api/proxy/x HTTP/1.1\r\nHost: p\r\nIdempotency-Key: k1\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\n{}"
+)
+
+
+def content_lengths(lines: list[bytes]) -> list[bytes]:
+    """The Content-Length lines among lower-cased head lines."""
+    return [line for line in lines if line.startswith(b"content-length")]
+
+
+class NoBodyLengthTests(ServedProxy):
+    @inlineCallbacks
+    def relayed(self, status_line: bytes, request: bytes = GET, times: int = 1) -> Any:
+        """
+        The head lines a client gets for C{request} sent C{times} times, the
+        upstream answering C{status_line} with C{Content-Length: 5}.
+        """
+        factory = Factory.forProtocol(_Canned)
+        factory.answer = status_line + b'\r\nContent-Length: 5\r\nETag: "v1"\r\nConnection: close\r\n\r\n'  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/api"
+        public, _, _ = self.serve(upstream=url, health_path="", attempts=1)
+        for _ in range(times):
+            answer = yield exchange(public, request)
+            lines, body = head_and_body(answer)
+            self.assertEqual(body, b"")
+        return [line.lower() for line in lines]
+
+    @inlineCallbacks
+    def test_204_loses_content_length(self) -> Any:
+        """An upstream 204 with Content-Length: 5 reaches the client without any Content-Length."""
+        lines = yield self.relayed(b"HTTP/1.1 204 No Content")
+        self.assertEqual(lines[0], b"http/1.1 204 no content")
+        self.assertEqual(content_lengths(lines), [])
+        self.assertIn(b'etag: "v1"', lines)
+
+    @inlineCallbacks
+    def test_replayed_204_without_content_length(self) -> Any:
+        """A keyed POST's 204, replayed for the same key, carries no Content-Length either."""
+        lines = yield self.relayed(b"HTTP/1.1 204 No Content", KEYED_POST, times=2)
+        self.assertIn(b"idempotent-replayed: true", lines)
+        self.assertEqual(lines[0], b"http/1.1 204 no content")
+        self.assertEqual(content_lengths(lines), [])
+
+    @inlineCallbacks
+    def test_304_keeps_content_length(self) -> Any:
+        """An upstream 304's Content-Length (the length of the resource) is relayed as sent."""
+        lines = yield self.relayed(b"HTTP/1.1 304 Not Modified")
+        self.assertEqual(lines[0], b"http/1.1 304 not modified")
+        self.assertEqual(content_lengths(lines), [b"content-length: 5"])
