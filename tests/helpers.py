@@ -134,11 +134,20 @@ class LoopbackMixin:
         self.addCleanup(port.stopListening)  # type: ignore[attr-defined]
         return site, f"http://127.0.0.1:{port.getHost().port}/api"
 
-    def start_proxy(self, **options: Any) -> tuple[str, Any]:
+    def start_proxy(self, budget: RetryBudget | None = None, **options: Any) -> tuple[str, Any]:
+        """
+        Serve a proxy of C{options} on loopback: its URL and the proxy.
+
+        @param budget: replaces the proxy's retry budget (one on a C{Clock}
+            that stands still keeps a whole test run in one window).
+        """
         config = ProxyConfig(**options)
         proxy = build_proxy(config, reactor)
         proxy.service.startService()
-        site = ProxySite(proxy.resource, config, refusals=proxy.refusals)
+        resource = proxy.resource
+        if budget is not None:
+            resource = ProxyResource(attrs.evolve(resource.parts, budget=budget))
+        site = ProxySite(resource, config, refusals=proxy.refusals)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(proxy.service.stopService)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)  # type: ignore[attr-defined]

@@ -30,14 +30,32 @@ from twisted.web._newclient import ResponseFailed
 from twisted.web.http_headers import Headers
 
 from sora2proxy import ProxyConfig
-from sora2proxy._errors import ERROR_KINDS, reason_phrase
-from sora2proxy.forward._messages import UNREACHABLE, suggestion_for
+from sora2proxy._errors import ERROR_KINDS, ErrorKind, reason_phrase
+from sora2proxy.forward._messages import UNREACHABLE, public_words, suggestion_for
 from sora2proxy.forward._resource import ProxyResource
 from sora2proxy.http._site import ProxySite
+from sora2proxy.idempotency._guard import (
+    IDEMPOTENCY_IN_FLIGHT,
+    IDEMPOTENCY_KEY_INVALID,
+    IDEMPOTENCY_KEY_MISSING,
+    IDEMPOTENCY_KEY_REUSED,
+    IDEMPOTENCY_STORE_FULL,
+    IDEMPOTENCY_STORE_UNAVAILABLE,
+)
 
 from .helpers import LoopbackMixin, MemoryHarness, RecordingUpstream, parts_for, reactor, refused_port
 from .test_cli import get, start_proxy_process
 from .test_resource import ScriptedAgent, body_json, scripted
+
+#: The error types of the Idempotency-Key guard (not in ERROR_KINDS: they are its own).
+IDEMPOTENCY_KINDS = (
+    IDEMPOTENCY_KEY_INVALID,
+    IDEMPOTENCY_KEY_MISSING,
+    IDEMPOTENCY_IN_FLIGHT,
+    IDEMPOTENCY_KEY_REUSED,
+    IDEMPOTENCY_STORE_UNAVAILABLE,
+    IDEMPOTENCY_STORE_FULL,
+)
 
 #: Written out from the IANA HTTP Status Code Registry (RFC 9110 names),
 #: for the codes Twisted's table lacks or Python 3.11 names the old way.
@@ -215,6 +233,22 @@ class SuggestionTests(SynchronousTestCase):
         for name, kind in ERROR_KINDS.items():
             said = suggestion_for(kind, config) == "Run: make api"
             self.assertEqual(said, name in UNREACHABLE, name)
+
+    def test_every_kind_fits(self) -> None:
+        """Every error type has a suggestion of its own; a 400-family one says what to change, never to retry."""
+        config = ProxyConfig(suggestion="Run: make api")
+        generic = suggestion_for(ErrorKind("SOMETHING_NEW", 500, "New"), config)
+        kinds = [*ERROR_KINDS.values(), *IDEMPOTENCY_KINDS]
+        for kind in kinds:
+            said = suggestion_for(kind, config)
+            self.assertNotEqual(said, generic, kind.error_type)
+            if kind.status < 500 and not kind.retry_after:
+                self.assertNotIn("retry later", said.lower(), kind.error_type)
+                self.assertFalse(said.lower().startswith("retry"), kind.error_type)
+            if kind.status >= 500 and kind.retry_after:
+                public = public_words(kind, "m", said, config)[1]
+                self.assertIn("Retry-After", public, kind.error_type)
+        self.assertIn("one Idempotency-Key header", suggestion_for(IDEMPOTENCY_KEY_INVALID, config))
 
 
 @define

@@ -248,6 +248,26 @@ class BudgetTests(SynchronousTestCase):
         clock.advance(10)
         self.assertTrue(budget.allow_retry(), "the window slid")
 
+    def test_ten_second_window(self) -> None:
+        """By default the budget counts the last 10 s: requests and retries older than that no longer count."""
+        clock = Clock()
+        budget = RetryBudget(clock, 0.2, min_per_second=0)
+        for _ in range(10):
+            budget.record_request()
+        self.assertEqual(sum(budget.allow_retry() for _ in range(5)), 2)
+        clock.advance(9.99)
+        self.assertFalse(budget.allow_retry(), "the window still holds both retries")
+        for _ in range(5):
+            budget.record_request()  # 15 requests in the window: 3 retries
+        self.assertTrue(budget.allow_retry())
+        self.assertFalse(budget.allow_retry())
+        clock.advance(0.01)  # t = 10: the first 10 requests and 2 retries leave the window
+        self.assertEqual(budget.retries_in_window, 1)
+        self.assertFalse(budget.allow_retry(), "5 requests left: 1 retry, already taken")
+        clock.advance(9.99)  # the rest leave too
+        self.assertEqual(budget.retries_in_window, 0)
+        self.assertFalse(budget.allow_retry(), "no requests in the window, no floor")
+
     def test_fraction(self) -> None:
         """With many requests, retries are at most 20% of them."""
         clock = Clock()

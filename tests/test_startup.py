@@ -2,8 +2,8 @@
 Start-up failures stop the process: a --listen or --admin-listen that cannot
 be bound (taken, not permitted, not an address of this host), directly or in
 --workers, makes twistd exit 78 within seconds with one line in nginx's words,
-no traceback, and nothing left running; a port out of range is a bad option
-(one line, status 1).
+no traceback, and nothing left running; so does an --upstream-ca file that
+cannot be read; a port out of range is a bad option (one line, status 1).
 """
 
 from __future__ import annotations
@@ -159,6 +159,29 @@ class StartupFailureTests(SynchronousTestCase):
         self.assertEqual(
             lines, ["sora2proxy: error: --listen: bind() to 127.0.0.1:80 failed (13: Permission denied)"]
         )
+
+    def test_unreadable_upstream_ca(self) -> None:
+        """--upstream-ca naming a file that cannot be read: exit 78 with one line naming the option and file."""
+        public = refused_port()
+        status, lines, stdout, _ = self.start("--listen", f"tcp:{public}:interface=127.0.0.1",
+                                              "--admin-listen", "none", "--upstream-ca", "/nonexistent.pem")  # fmt: skip
+        self.assertEqual(status, EX_CONFIG)
+        self.assertEqual(
+            lines,
+            ["sora2proxy: error: --upstream-ca: cannot read '/nonexistent.pem' (No such file or directory)"],
+        )
+        self.assertEqual(stdout, "")
+        self.assertTrue(is_free(public))
+        status, lines, _, _ = self.start("--admin-listen", "none", "--upstream-ca", "/")
+        self.assertEqual(
+            (status, lines),
+            (EX_CONFIG, ["sora2proxy: error: --upstream-ca: cannot read '/' (Is a directory)"]),
+        )
+        not_pem = os.path.abspath(self.mktemp())
+        Path(not_pem).write_text("not a certificate\n")
+        status, lines, _, _ = self.start("--admin-listen", "none", "--upstream-ca", not_pem)
+        self.assertEqual(status, 1, "a file that holds no certificate is a bad value")
+        self.assertEqual(lines, [f"sora2proxy: error: --upstream-ca: {not_pem!r} holds no PEM certificate"])
 
     def test_workers_cannot_bind(self) -> None:
         """--workers whose port is taken: the parent stops its workers and children and exits 78 with one line."""

@@ -32,6 +32,13 @@ class ConfigError(ValueError):
         self.option = option
 
 
+class UnreadableFile(ConfigError):
+    """
+    A file an option names cannot be read: a start-up failure (exit 78),
+    not a bad value.
+    """
+
+
 def option_name(attribute: attrs.Attribute[Any]) -> str:
     """
     @return: the command-line spelling of a L{ProxyConfig} field.
@@ -226,7 +233,7 @@ def _valid_ca(_: object, attribute: attrs.Attribute[Any], value: str | None) -> 
         with open(value, "rb") as pem:
             text = pem.read()
     except OSError as e:
-        raise ConfigError("--upstream-ca", f"cannot read {value!r} ({e.strerror})") from None
+        raise UnreadableFile("--upstream-ca", f"cannot read {value!r} ({e.strerror})") from None
     if b"-----BEGIN CERTIFICATE-----" not in text:
         raise ConfigError("--upstream-ca", f"{value!r} holds no PEM certificate")
 

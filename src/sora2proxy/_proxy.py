@@ -197,6 +197,7 @@ def _watched_upstreams(
         healths.append(health)
     balancer = balancer_for(config, clock, healths)
     telemetry.watch_ejections(lambda: [(u.url, u.ejection.ejected) for u in balancer.upstreams])
+    telemetry.watch_health(lambda: [(u.url, u.snapshot()["health"]) for u in balancer.upstreams])
     return balancer
 
 

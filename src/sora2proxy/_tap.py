@@ -18,7 +18,13 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from ._config import DEFAULT_IDENTITY_HEADERS, ConfigError, ProxyConfig, upstream_from_environment
+from ._config import (
+    DEFAULT_IDENTITY_HEADERS,
+    ConfigError,
+    ProxyConfig,
+    UnreadableFile,
+    upstream_from_environment,
+)
 from ._proxy import build_proxy
 from .http._site import ProxySite, QuietSite
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
@@ -243,6 +249,8 @@ class Options(usage.Options):
                 _check_endpoint(self.config.admin_listen, "--admin-listen")
                 if self.config.admin_listen in self.listen and not _any_port(self.config.admin_listen):
                     raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
+        except UnreadableFile as e:
+            exit_at_startup(e)  # one line, status 78, as for a port that cannot be bound
         except ConfigError as e:
             # One line naming the option, not twistd's usage text or a traceback.
             raise SystemExit(f"sora2proxy: error: {e}") from None

@@ -26,6 +26,7 @@ from .._errors import (
     TIMEOUT,
     ErrorKind,
 )
+from ..idempotency._guard import MAX_KEY, MISSING_SUGGESTION
 from ..resilience._retry import GaveUp
 from ..resilience._upstreams import Balancer
 
@@ -68,6 +69,14 @@ _PUBLIC: dict[str, tuple[str, str]] = {
         "The proxy is handling as many requests as it may; the request was not sent.",
         "Retry after the Retry-After seconds.",
     ),
+    "IDEMPOTENCY_STORE_FULL": (
+        "Too many requests with an Idempotency-Key are in progress; the request was not sent.",
+        "Retry after the Retry-After seconds, with the same Idempotency-Key.",
+    ),
+    "IDEMPOTENCY_STORE_UNAVAILABLE": (
+        "The proxy cannot check Idempotency-Keys for a moment; the request was not sent.",
+        "Retry after the Retry-After seconds, with the same Idempotency-Key.",
+    ),
 }
 _PUBLIC_DEFAULT = f"Retry later; {_REPORT}"
 
@@ -97,6 +106,19 @@ def suggestion_for(kind: ErrorKind, config: ProxyConfig) -> str:
         "OVERLOADED": "Retry in a moment; raise --max-inflight if the proxy has CPU to spare.",
         "NOT_IMPLEMENTED": "Serve the proxy with build_proxy or twistd sora2proxy: they set up "
         "WebSocket tunnelling.",
+        # A 400 about the request itself: say what to change in it, never to retry.
+        "IDEMPOTENCY_KEY_INVALID": f"Send exactly one Idempotency-Key header of 1 to {MAX_KEY} printable "
+        'ASCII characters, unique per operation, e.g. -H "Idempotency-Key: $(uuidgen)".',
+        "IDEMPOTENCY_KEY_MISSING": MISSING_SUGGESTION,
+        "IDEMPOTENCY_KEY_REUSED": "Use a new Idempotency-Key for a new operation; reuse a key only to "
+        "retry the same method, path, query and body.",
+        "IDEMPOTENCY_IN_FLIGHT": "Retry after the Retry-After seconds with the same Idempotency-Key: "
+        "you will get the first request's answer.",
+        "IDEMPOTENCY_STORE_FULL": "Retry after the Retry-After seconds with the same Idempotency-Key, "
+        "when fewer requests with a key are in flight (--idempotency-max-entries, "
+        "--idempotency-max-per-caller).",
+        "IDEMPOTENCY_STORE_UNAVAILABLE": "Check the idempotency store (--idempotency-store); the request "
+        "can be retried with the same Idempotency-Key.",
     }.get(name, _PUBLIC_DEFAULT)
 
 

@@ -153,6 +153,11 @@ def start_response(
     for lower, name, values in groups:
         if lower in HOP_BY_HOP or (named and lower in named):
             continue
+        if lower == b"content-length" and response.code == 204:
+            # RFC 9110 section 8.6: a server MUST NOT send Content-Length in a
+            # 204.  A 304's (or a HEAD answer's) describes the resource's 200
+            # answer, which the same section allows: kept.
+            continue
         if upstream_base and lower in (b"location", b"content-location"):
             public = _public_base(request)
             values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
@@ -182,7 +187,12 @@ def write_replay(request: Request, stored: StoredResponse, request_id: str) -> N
     for name, values in stored.headers:
         if name.lower() not in HOP_BY_HOP:
             headers.setRawHeaders(name, list(values))
-    headers.setRawHeaders(b"content-length", [b"%d" % len(stored.body)])
+    # RFC 9110 section 8.6, as in start_response: none in a 204 (even one
+    # stored before that rule), a 304's own kept.
+    if stored.status == 204:
+        headers.removeHeader(b"content-length")
+    elif stored.status != 304:
+        headers.setRawHeaders(b"content-length", [b"%d" % len(stored.body)])
     headers.setRawHeaders(b"idempotent-replayed", [b"true"])
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
     request.write(stored.body)

@@ -13,6 +13,7 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.server import Request
 
+from .._errors import reason_phrase
 from ..resilience._upstreams import NOT_READY, Balancer, serving_state, usable
 from ._admin_hosts import LocalHostsOnly
 from ._metrics import Telemetry
@@ -45,7 +46,7 @@ class Admin:
         return LocalHostsOnly(self.app.resource())
 
     def _json(self, request: Request, body: Any, status: int = 200) -> bytes:
-        request.setResponseCode(status)
+        request.setResponseCode(status, reason_phrase(status))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body).encode()

@@ -22,6 +22,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from .._errors import reason_phrase
+
 #: The status of a refused C{Host} (RFC 9110 section 15.5.20): this server
 #: does not answer for that authority.
 MISDIRECTED = 421
@@ -106,7 +108,8 @@ class LocalHostsOnly:
         if host_allowed(request.requestHeaders.getRawHeaders(b"host"), local):
             result: bytes | int = self._wrapped.render(request)
             return result
-        request.setResponseCode(MISDIRECTED)
+        # The registry's phrase: Twisted's table lacks 421 ("Unknown Status").
+        request.setResponseCode(MISDIRECTED, reason_phrase(MISDIRECTED))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         body = {

@@ -72,10 +72,6 @@ class Telemetry:
         self._retries = Counter(
             "sora2proxy_upstream_retries", "Retries sent, by upstream.", ["upstream"], registry=registry
         )
-        self._health = Gauge(
-            "sora2proxy_upstream_healthy", "Health per upstream: 1 up, 0 down, -1 unknown.", ["upstream"],
-            registry=registry,
-        )  # fmt: skip
         self._health_seconds = Histogram(
             "sora2proxy_health_check_duration_seconds", "Health-check latency.", ["upstream"],
             buckets=_LATENCY_BUCKETS, registry=registry,
@@ -104,6 +100,15 @@ class Telemetry:
         0), read at scrape time from C{ejected}: (upstream URL, ejected now).
         """
         self.registry.register(_EjectedCollector(ejected))
+
+    def watch_health(self, health: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """
+        Export C{sora2proxy_upstream_healthy{upstream}} (1 up, 0 down, -1
+        unknown), read at scrape time from C{health}: (upstream URL, its
+        health word as C{/status.json} shows it).  A refused try marks an
+        upstream down between health checks, and the gauge says so at once.
+        """
+        self.registry.register(_HealthCollector(health))
 
     def request_started(self) -> None:
         """
@@ -153,10 +158,29 @@ class Telemetry:
 
     def health_checked(self, upstream: str, status: str, seconds: float) -> None:
         """
-        A health check ended with C{status} (C{up}, C{down}).
+        A health check ended with C{status} (C{up}, C{down}); the health
+        itself is read at scrape time (L{watch_health}).
         """
-        self._health.labels(upstream).set(_HEALTH_VALUES.get(status, -1.0))
         self._health_seconds.labels(upstream).observe(seconds)
+
+
+class _HealthCollector(Collector):
+    """
+    Reads each upstream's health at scrape time.
+    """
+
+    def __init__(self, health: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "sora2proxy_upstream_healthy",
+            "Health per upstream: 1 up, 0 down, -1 unknown.",
+            labels=["upstream"],
+        )
+        for upstream, status in self._health():
+            gauge.add_metric([upstream], _HEALTH_VALUES.get(status, -1.0))
+        yield gauge
 
 
 class _EjectedCollector(Collector):
