@@ -183,6 +183,21 @@ class StartupFailureTests(SynchronousTestCase):
         self.assertEqual(status, 1, "a file that holds no certificate is a bad value")
         self.assertEqual(lines, [f"sora2proxy: error: --upstream-ca: {not_pem!r} holds no PEM certificate"])
 
+    def test_unwritable_access_log(self) -> None:
+        """--access-log naming a file that cannot be opened: exit 78 with one line naming the option and file."""
+        public = refused_port()
+        status, lines, stdout, _ = self.start("--listen", f"tcp:{public}:interface=127.0.0.1",
+                                              "--admin-listen", "none", "--access-log", "/proc/nope.log")  # fmt: skip
+        self.assertEqual(status, EX_CONFIG)
+        self.assertEqual(
+            lines,
+            [
+                "sora2proxy: error: --access-log: cannot open '/proc/nope.log' for appending (No such file or directory)"
+            ],
+        )
+        self.assertEqual(stdout, "")
+        self.assertTrue(is_free(public))
+
     def test_workers_cannot_bind(self) -> None:
         """--workers whose port is taken: the parent stops its workers and children and exits 78 with one line."""
         port = taken_port(self)

@@ -25,7 +25,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .._config import ProxyConfig
+from .._config import ProxyConfig, UnreadableFile
 from ..forward._seams import AccessSink
 
 #: Seconds between writes of the buffered lines.
@@ -124,4 +124,8 @@ def access_sink(config: ProxyConfig, clock: IReactorTime) -> AccessSink:
         return NoSink()
     if where == "-":
         return FileSink(sys.stdout, clock, json_lines)
-    return FileSink(open(where, "a", encoding="utf-8"), clock, json_lines, owned=True)
+    try:
+        out = open(where, "a", encoding="utf-8")  # noqa: SIM115 (the sink owns and closes it)
+    except OSError as e:
+        raise UnreadableFile("--access-log", f"cannot open {where!r} for appending ({e.strerror})") from None
+    return FileSink(out, clock, json_lines, owned=True)
