@@ -6,6 +6,7 @@ bounds.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -301,7 +302,7 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(agent.calls, 4)
 
     def test_client_gone_frees_key(self) -> None:
-        """A client that leaves while its request is in flight frees the key."""
+        """A client that leaves before its request's body was handed to the upstream frees the key."""
         agent = ScriptedAgent([None])
         h = Harness(agent=agent)
         d = h.post("r3")
@@ -310,6 +311,52 @@ class ReleaseTests(SynchronousTestCase):
         self.failureResultOf(d)
         h.post("r3")
         self.assertEqual(agent.calls, 2)
+
+    def test_client_gone_in_backoff_frees_key(self) -> None:
+        """A client that leaves during the wait before a retry frees the key, and no further try is sent."""
+        agent = ScriptedAgent([ConnectionRefusedError(), None])
+        h = Harness(agent=agent, attempts=3, backoff=1)
+        d = h.post("r5")
+        self.assertEqual(agent.calls, 1)
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        h.clock.advance(5)
+        self.assertEqual(agent.calls, 1)
+        h.post("r5")
+        self.assertEqual(agent.calls, 2, "the key was free: forwarded")
+
+    def test_client_gone_after_body_sent_keeps_key(self) -> None:
+        """A client that leaves once its whole request is with the upstream keeps the key held (409) until that try ends, with no further try."""
+        agent = BodyTakingAgent()
+        h = Harness(agent=agent, attempts=3, timeout=5, backoff=1)
+        d = h.post("r6")
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        again = self.successResultOf(h.post("r6"))
+        self.assertEqual(again.code, 409)
+        h.clock.advance(5)  # the try times out
+        h.clock.advance(0)
+        h.clock.advance(10)
+        self.assertEqual(agent.calls, 1, "no retry for a client that left")
+        h.post("r6")
+        self.assertEqual(agent.calls, 2, "the try ended without an answer: the key was freed")
+
+
+class BodyTakingAgent:
+    """Takes each try's whole body, then never answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.calls += 1
+        if bodyProducer is not None:
+            bodyProducer.startProducing(io.BytesIO())
+        return Deferred()
 
 
 class MemoryStoreTests(SynchronousTestCase):
