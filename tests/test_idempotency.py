@@ -344,6 +344,53 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(agent.calls, 2, "the try ended without an answer: the key was freed")
 
 
+class HeldRedirect(Resource):
+    """Holds each POST until C{finish}, then answers 201 with a Location on the backend."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.held.append(request)
+        return NOT_DONE_YET
+
+    def finish(self) -> None:
+        for request in self.held:
+            request.setResponseCode(201)
+            request.setHeader(b"location", UPSTREAM.encode() + b"/videos/1")
+            request.write(b"{}")
+            request.finish()
+
+
+class CarriedOnTests(SynchronousTestCase):
+    def test_stored_location_keeps_https(self) -> None:
+        """The answer stored for a client that left over HTTPS points its Location at https://, as that client would have got it."""
+        upstream = HeldRedirect()
+        h = Harness(upstream=upstream)
+        d = h.client.post(
+            "https://proxy.test/api/proxy/videos", data=b"{}", headers={"Idempotency-Key": ["r7"]}
+        )
+        h.flush()
+        self.assertEqual(len(upstream.held), 1)
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        upstream.finish()
+        h.flush()
+        d = h.client.post(
+            "https://proxy.test/api/proxy/videos", data=b"{}", headers={"Idempotency-Key": ["r7"]}
+        )
+        h.flush()
+        replay = self.successResultOf(d)
+        self.assertEqual(replay.headers.getRawHeaders(b"idempotent-replayed"), [b"true"])
+        self.assertEqual(
+            replay.headers.getRawHeaders(b"location"), [b"https://proxy.test/api/proxy/videos/1"]
+        )
+
+
 class BodyTakingAgent:
     """Takes each try's whole body, then never answers."""
 

@@ -29,7 +29,7 @@ from ..resilience._upstreams import RequestRouter, Upstream
 from ._attempt import ReplayableBody, Target, body_of, forwarded_headers
 from ._messages import gave_up_message
 from ._parts import ProxyParts
-from ._relay import BodyRelay, start_response
+from ._relay import BodyRelay, public_base, start_response
 from ._respond import RequestContext, Responder
 
 #: The error type of a request whose client left before its answer ended.
@@ -105,12 +105,14 @@ class Exchange:
     gone: bool = field(default=False, init=False)
     _head_sent: bool = field(default=False, init=False)
     _limit: IDelayedCall | None = field(default=None, init=False)
+    _public: bytes = field(default=b"", init=False)
 
     def start(self) -> None:
         """
         Send the first try; the answer, or the proxy's error, follows.
         """
         self._parts.budget.record_request()
+        self._public = public_base(self.context.request)  # while the client is there
         body = body_of(self.context.request, self._parts.cooperator)
         self._router = self._route(body)
         self._tries = _WatchedTries(self._router, body, self)
@@ -204,7 +206,8 @@ class Exchange:
         context, request, ticket = self.context, self.context.request, self._ticket
         context.upstream = self._router.current.url
         base = self._router.current.base
-        start_response(request, response, context.request_id, base, self._parts.config.prefix_bytes)
+        prefix = self._parts.config.prefix_bytes
+        start_response(request, response, context.request_id, base, prefix, self._public)
         self._status = response.code
         self._head_sent = not self.gone
         if ticket is not None:  # stored as the client gets it: a replay is the same answer

@@ -158,11 +158,16 @@ def start_response(
     request_id: str,
     upstream_base: bytes = b"",
     prefix: bytes = b"",
+    public: bytes | None = None,
 ) -> None:
     """
     Copy the upstream's status (with its registered reason phrase) and
     end-to-end headers onto the response, with C{Via} and redirects to the
     upstream pointed at the proxy.
+
+    @param public: the proxy's origin as the client used it (L{public_base}),
+        taken while the client was there: a request whose client left no
+        longer knows that it was secure.
     """
     # The registry's phrase (Twisted's table lacks 422, 429...; an upstream on
     # Twisted sends "Unknown Status" for them); the upstream's for a code it lacks.
@@ -182,8 +187,8 @@ def start_response(
         if lower in HOP_BY_HOP or (named and lower in named):
             continue
         if upstream_base and lower in (b"location", b"content-location"):
-            public = _public_base(request)
-            values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
+            origin = public or public_base(request)
+            values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
         headers.setRawHeaders(name, values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
@@ -193,7 +198,10 @@ def start_response(
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
 
 
-def _public_base(request: Request) -> bytes:
+def public_base(request: Request) -> bytes:
+    """
+    @return: the proxy's origin as the client of C{request} used it (C{scheme://host}).
+    """
     scheme = b"https" if request.isSecure() else b"http"
     host = request.getHeader(b"host") or b"localhost"
     return scheme + b"://" + host
