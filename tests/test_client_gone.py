@@ -10,6 +10,7 @@ failure; a POST that may have reached the backend says C{outcomeUnknown}.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -85,6 +86,8 @@ class StalledUpstream(Protocol):
         self._factory.connections.append(self)
         if len(self._factory.connections) == 1:
             assert self.transport is not None
+            # A small, fixed receive buffer (no autotuning): the body cannot all fit in the kernel.
+            self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # type: ignore[attr-defined]
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
