@@ -294,6 +294,16 @@ class ClientGoneTests(LoopbackMixin, TestCase):
         self.assertEqual((response.code, json_of(content)), (201, {"id": "video_2"}))
 
     @inlineCallbacks
+    def test_carried_on_answer_ends_at_deadline(self) -> Any:
+        """With --deadline, an answer read for a key after its client left stops at the deadline, well before --timeout."""
+        jobs = Jobs(head_first=True)
+        public, _ = self.setup(jobs, timeout=30, deadline=1)
+        client = yield self.connect(public, keyed_post())
+        yield eventually(lambda: b'{"id": ' in client.received, what="the first bytes of the answer")
+        yield client.leave()
+        yield eventually(lambda: len(jobs.lost) == 1, timeout=5, what="the backend's connection closing")
+
+    @inlineCallbacks
     def test_answer_too_large_to_store_is_dropped(self) -> Any:
         """An answer larger than --idempotency-max-body is not read on for a client that left: the backend's connection closes at once."""
         jobs = Jobs(head_first=True)
