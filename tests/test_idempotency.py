@@ -6,6 +6,7 @@ bounds.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -301,7 +302,7 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(agent.calls, 4)
 
     def test_client_gone_frees_key(self) -> None:
-        """A client that leaves while its request is in flight frees the key."""
+        """A client that leaves before its request's body was handed to the upstream frees the key."""
         agent = ScriptedAgent([None])
         h = Harness(agent=agent)
         d = h.post("r3")
@@ -310,6 +311,99 @@ class ReleaseTests(SynchronousTestCase):
         self.failureResultOf(d)
         h.post("r3")
         self.assertEqual(agent.calls, 2)
+
+    def test_client_gone_in_backoff_frees_key(self) -> None:
+        """A client that leaves during the wait before a retry frees the key, and no further try is sent."""
+        agent = ScriptedAgent([ConnectionRefusedError(), None])
+        h = Harness(agent=agent, attempts=3, backoff=1)
+        d = h.post("r5")
+        self.assertEqual(agent.calls, 1)
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        h.clock.advance(5)
+        self.assertEqual(agent.calls, 1)
+        h.post("r5")
+        self.assertEqual(agent.calls, 2, "the key was free: forwarded")
+
+    def test_client_gone_after_body_sent_keeps_key(self) -> None:
+        """A client that leaves once its whole request is with the upstream keeps the key held (409) until that try ends, with no further try."""
+        agent = BodyTakingAgent()
+        h = Harness(agent=agent, attempts=3, timeout=5, backoff=1)
+        d = h.post("r6")
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        again = self.successResultOf(h.post("r6"))
+        self.assertEqual(again.code, 409)
+        h.clock.advance(5)  # the try times out
+        h.clock.advance(0)
+        h.clock.advance(10)
+        self.assertEqual(agent.calls, 1, "no retry for a client that left")
+        h.post("r6")
+        self.assertEqual(agent.calls, 2, "the try ended without an answer: the key was freed")
+
+
+class HeldRedirect(Resource):
+    """Holds each POST until C{finish}, then answers 201 with a Location on the backend."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.held.append(request)
+        return NOT_DONE_YET
+
+    def finish(self) -> None:
+        for request in self.held:
+            request.setResponseCode(201)
+            request.setHeader(b"location", UPSTREAM.encode() + b"/videos/1")
+            request.write(b"{}")
+            request.finish()
+
+
+class CarriedOnTests(SynchronousTestCase):
+    def test_stored_location_keeps_https(self) -> None:
+        """The answer stored for a client that left over HTTPS points its Location at https://, as that client would have got it."""
+        upstream = HeldRedirect()
+        h = Harness(upstream=upstream)
+        d = h.client.post(
+            "https://proxy.test/api/proxy/videos", data=b"{}", headers={"Idempotency-Key": ["r7"]}
+        )
+        h.flush()
+        self.assertEqual(len(upstream.held), 1)
+        d.cancel()
+        h.flush()
+        self.failureResultOf(d)
+        upstream.finish()
+        h.flush()
+        d = h.client.post(
+            "https://proxy.test/api/proxy/videos", data=b"{}", headers={"Idempotency-Key": ["r7"]}
+        )
+        h.flush()
+        replay = self.successResultOf(d)
+        self.assertEqual(replay.headers.getRawHeaders(b"idempotent-replayed"), [b"true"])
+        self.assertEqual(
+            replay.headers.getRawHeaders(b"location"), [b"https://proxy.test/api/proxy/videos/1"]
+        )
+
+
+class BodyTakingAgent:
+    """Takes each try's whole body, then never answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.calls += 1
+        if bodyProducer is not None:
+            bodyProducer.startProducing(io.BytesIO())
+        return Deferred()
 
 
 class MemoryStoreTests(SynchronousTestCase):

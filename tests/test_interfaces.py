@@ -24,6 +24,7 @@ from zope.interface.verify import verifyObject
 import sora2proxy
 from sora2proxy.demo._app import ByteStream
 from sora2proxy.forward._attempt import ReplayableBody
+from sora2proxy.forward._relay import BodyRelay
 from sora2proxy.http._chunked import ChunkedEncoder
 from sora2proxy.http._client import UpstreamClient
 from sora2proxy.http._endpoints import PrivateCAPolicy, UpstreamEndpoints
@@ -64,6 +65,7 @@ INSTANCES: dict[str, Callable[[], object]] = {
     "sora2proxy.forward._attempt.ReplayableBody": lambda: ReplayableBody(
         BytesIO(b"x"), 1, Cooperator(scheduler=Clock().callLater)
     ),
+    "sora2proxy.forward._relay.BodyRelay": lambda: BodyRelay(DummyRequest([b""]), lambda _: None),  # type: ignore[no-untyped-call]
     "sora2proxy.forward._resource.ProxyResource": _proxy_resource,
     "sora2proxy.http._chunked.ChunkedEncoder": lambda: ChunkedEncoder(StringTransport()),
     "sora2proxy.http._client.UpstreamClient": lambda: UpstreamClient(Clock(), UpstreamEndpoints(Clock())),

@@ -85,7 +85,12 @@ class ReplayableBody:
     """
     A request body that each try sends from its start; the source file is
     never closed, so that a retry can send it again.
+
+    @ivar whole_sends: how many times the whole body was handed to an
+        upstream connection (once per try that got that far).
     """
+
+    whole_sends = 0
 
     def __init__(self, source: IO[bytes], length: int, cooperator: Cooperator) -> None:
         self._source = source
@@ -97,6 +102,7 @@ class ReplayableBody:
         self._source.seek(0)
         if self.length <= SMALL_BODY:
             consumer.write(self._source.read(self.length))
+            self.whole_sends += 1
             return succeed(None)
         task = self._task = self._cooperator.cooperate(self._chunks(consumer))
         done: Deferred[None] = Deferred()
@@ -105,7 +111,11 @@ class ReplayableBody:
             # After stopProducing the HTTP client no longer waits for C{done}.
             failure.trap(TaskStopped)
 
-        task.whenDone().addCallbacks(lambda _: done.callback(None), stopped)
+        def sent(_: object) -> None:
+            self.whole_sends += 1
+            done.callback(None)
+
+        task.whenDone().addCallbacks(sent, stopped)
         return done
 
     def _chunks(self, consumer: IConsumer) -> Generator[None, None, None]:

@@ -241,19 +241,26 @@ def unavailable(balancer: Balancer, config: ProxyConfig) -> tuple[ErrorKind, str
     )
 
 
+def attempts(count: int) -> str:
+    """
+    @return: C{"1 attempt"}, C{"3 attempts"}.
+    """
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
 def gave_up_message(gave_up: GaveUp, upstream: str, budget_exhausted: bool) -> tuple[str, dict[str, Any]]:
     """
     @return: the message and the extra C{details} for a request that gave up.
     """
     kind = gave_up.failure.kind
-    tries = gave_up.tries
+    tries = attempts(gave_up.tries)
     reason = gave_up.failure.reason
     if kind is ECONNREFUSED:
-        message = f"The API backend at {upstream} refused the connection ({tries} attempts)."
+        message = f"The API backend at {upstream} refused the connection ({tries})."
     elif kind is TIMEOUT:
-        message = f"The API backend at {upstream} timed out: {reason} ({tries} attempts)."
+        message = f"The API backend at {upstream} timed out: {reason} ({tries})."
     else:
-        message = f"The API backend at {upstream} failed: {reason} ({tries} attempts)."
+        message = f"The API backend at {upstream} failed: {reason} ({tries})."
     extra: dict[str, Any] = {"retryable": gave_up.retryable, "reason": reason}
     if budget_exhausted:
         extra["retryBudgetExhausted"] = True

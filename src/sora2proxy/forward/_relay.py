@@ -15,15 +15,22 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from .._errors import reason_phrase
 from ..http._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
 from ..idempotency._store import StoredResponse
 
 
+@implementer(IPushProducer)
 class BodyRelay(Protocol):
     """
     Receives the upstream body and writes it to the client.
+
+    It is the producer registered with the client's request (a slow client
+    pauses the upstream read through it), so that the client's connection
+    going away reaches L{client_gone}'s decision and never stops the
+    upstream read behind its back.
 
     @ivar done: called once with L{None} when the body ended normally, or
         with the L{Failure} that cut it short.
@@ -39,12 +46,13 @@ class BodyRelay(Protocol):
         self._done = done
         self._on_data = on_data
         self._client_gone = False
+        self._keep_reading = False
         self._producing: IPushProducer | None = None
         self._registered = False
         self._chunks = 0
 
     def connectionMade(self) -> None:
-        if self._client_gone:
+        if self._client_gone and not self._keep_reading:
             self.stop()
             return
         producer = self.transport
@@ -60,16 +68,22 @@ class BodyRelay(Protocol):
             # From the second piece on, a slow client pauses the upstream read;
             # a body that arrives in one piece (most answers) never needs to.
             self._registered = True
-            self._request.registerProducer(self._producing, True)
+            self._request.registerProducer(self, True)
         self._chunks += 1
         self._request.write(data)
 
-    def client_gone(self) -> None:
+    def client_gone(self, keep_reading: bool = False) -> None:
         """
-        The client went away: stop reading from the upstream.
+        The client went away: stop reading from the upstream, or, with
+        C{keep_reading} (its answer is stored for a replay), read the rest
+        of the body without writing it anywhere.
         """
         self._client_gone = True
-        self.stop()
+        self._keep_reading = keep_reading
+        if not keep_reading:
+            self.stop()
+        elif self._producing is not None:
+            self._producing.resumeProducing()  # a slow client may have paused it
 
     def stop(self) -> None:
         """
@@ -78,14 +92,28 @@ class BodyRelay(Protocol):
         if self._producing is not None:
             self._producing.stopProducing()
 
+    # IPushProducer, as the client's request sees it
+    def pauseProducing(self) -> None:
+        if self._producing is not None and not self._client_gone:
+            self._producing.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._producing is not None:
+            self._producing.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The client's connection is closing: L{client_gone} follows and decides.
+        pass
+
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._producing = None
+        complete = isinstance(reason.value, ResponseDone | PotentialDataLoss)
         if self._client_gone:
-            self._done(reason)
+            self._done(None if complete and self._keep_reading else reason)
             return
         if self._registered:
             self._request.unregisterProducer()
-        if isinstance(reason.value, ResponseDone | PotentialDataLoss):
+        if complete:
             self._request.finish()
             self._done(None)
             return
@@ -130,11 +158,16 @@ def start_response(
     request_id: str,
     upstream_base: bytes = b"",
     prefix: bytes = b"",
+    public: bytes | None = None,
 ) -> None:
     """
     Copy the upstream's status (with its registered reason phrase) and
     end-to-end headers onto the response, with C{Via} and redirects to the
     upstream pointed at the proxy.
+
+    @param public: the proxy's origin as the client used it (L{public_base}),
+        taken while the client was there: a request whose client left no
+        longer knows that it was secure.
     """
     # The registry's phrase (Twisted's table lacks 422, 429...; an upstream on
     # Twisted sends "Unknown Status" for them); the upstream's for a code it lacks.
@@ -159,8 +192,8 @@ def start_response(
             # answer, which the same section allows: kept.
             continue
         if upstream_base and lower in (b"location", b"content-location"):
-            public = _public_base(request)
-            values = [rewrite_location(v, upstream_base, public, prefix) for v in values]
+            origin = public or public_base(request)
+            values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
         headers.setRawHeaders(name, values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
@@ -170,7 +203,10 @@ def start_response(
     headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
 
 
-def _public_base(request: Request) -> bytes:
+def public_base(request: Request) -> bytes:
+    """
+    @return: the proxy's origin as the client of C{request} used it (C{scheme://host}).
+    """
     scheme = b"https" if request.isSecure() else b"http"
     host = request.getHeader(b"host") or b"localhost"
     return scheme + b"://" + host

@@ -111,6 +111,15 @@ class Ticket:
             return
         self._body.append(chunk)
 
+    @property
+    def storing(self) -> bool:
+        """
+        Whether the answer being captured will be stored once whole (worth
+        reading to its end for a client that left).
+        """
+        captured = self._captured
+        return captured is not None and not self._too_large and captured.status not in NOT_STORED
+
     def finished(self, outcome: Failure | None) -> None:
         """
         The answer ended: stored when whole and small enough, else the key is released.
