@@ -205,7 +205,8 @@ class SecretUpstream(Protocol):
         here = self.transport.getHost()
         body = b'{"id":"video_1"}'
         self.transport.write(
-            b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: X-Secret\r\n"
+            b"HTTP/1.1 201 Created\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+            b"Content-Type: application/json\r\nConnection: X-Secret\r\n"
             b"X-Secret: internal-token\r\nLocation: http://127.0.0.1:%d/api/videos/1\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (here.port, len(body), body)
         )
@@ -242,6 +243,9 @@ class ReplayBytes(LoopbackMixin, TestCase):
         self.assertNotIn(b"internal-token", live)
         self.assertIn(b"\r\nLocation: http://127.0.0.1:%d/api/proxy/videos/1\r\n" % port, live)
         self.assertIn(b"\r\nIdempotent-Replayed: true\r\n", replay)
+        self.assertIn(b"\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n", live)
+        self.assertNotIn(b"1994", replay, "a replay carries its own Date, not the stored answer's")
+        self.assertEqual(replay.lower().count(b"\r\ndate: "), 1)
 
         def without_date(answer: bytes, *dropped: bytes) -> bytes:
             lines = answer.split(b"\r\n")

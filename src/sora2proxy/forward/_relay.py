@@ -221,7 +221,7 @@ def write_replay(request: Request, stored: StoredResponse, request_id: str) -> N
     request.setResponseCode(stored.status, reason_phrase(stored.status, stored.phrase))
     headers = request.responseHeaders
     for name, values in stored.headers:
-        if name.lower() not in HOP_BY_HOP:
+        if name.lower() not in HOP_BY_HOP and name.lower() != b"date":  # the replay's own Date stays
             headers.setRawHeaders(name, list(values))
     # RFC 9110 section 8.6, as in start_response: none in a 204 (even one
     # stored before that rule), a 304's own kept.
