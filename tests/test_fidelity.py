@@ -437,6 +437,8 @@ class WebSocketEdgeTests(LoopbackMixin, TestCase):
             b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nevil",
             b"RTSP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\nevil",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nevil",
+            b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nevil",
             b"HTTP/1.1 101 Switching Protocols\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n",
         ]
         for answer in answers:

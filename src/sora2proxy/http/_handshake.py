@@ -6,7 +6,16 @@ head to the client, so what would be a 502 elsewhere is a 502 here too.
 
 from __future__ import annotations
 
-from ._reader import ResponseReader, WireError
+from ._reader import ResponseReader, WireError, _Fields
+
+
+def _tokens(field: tuple[bytes, list[bytes]] | None) -> set[bytes]:
+    """
+    The lowercase protocol names an C{Upgrade} field lists (without versions).
+    """
+    if field is None:
+        return set()
+    return {token.split(b"/")[0].strip().lower() for value in field[1] for token in value.split(b",")}
 
 
 class HandshakeHead:
@@ -25,14 +34,19 @@ class HandshakeHead:
         """
         @raise WireError: llhttp rejects the head, or it breaks a rule the
             proxy adds (a control byte in the reason phrase, a version other
-            than 1.0 or 1.1, a head over 64 KiB).
+            than 1.0 or 1.1, a head over 64 KiB, a 101 in HTTP/1.0 or to a
+            protocol other than C{websocket}).
         """
         if self._reader is not None:
             self._reader.feed(data)
 
     def head_read(
-        self, minor: int, code: int, phrase: bytes, fields: object, control: object, length: object
+        self, minor: int, code: int, phrase: bytes, fields: object, control: _Fields, length: object
     ) -> None:
+        if code == 101 and minor == 0:
+            raise WireError("an HTTP/1.0 answer cannot switch protocols")
+        if code == 101 and b"websocket" not in _tokens(control.get(b"upgrade")):
+            raise WireError("a 101 to another protocol than the WebSocket one asked for")
         self.code = code
         self._reader = None  # what follows is the tunnel's, or the body relayed as it is
 
