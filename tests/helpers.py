@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -183,19 +183,26 @@ def wait(seconds: float) -> Deferred[None]:
 
 
 @inlineCallbacks
-def eventually(check: Any, timeout: float = 10.0, what: str = "the condition") -> Any:
+def eventually(
+    check: Any, timeout: float = 10.0, what: str = "the condition", interval: float = 0.005
+) -> Any:
     """
-    Wait, letting the reactor run (polling every 5 ms), until C{check()} is
-    true; fail the test after C{timeout} seconds.  For a test over sockets
-    that waits for an event (a line written, a connection closed, a health
-    check seen) rather than for a fixed time.
+    Wait, letting the reactor run (polling every C{interval} seconds), until
+    C{check()} gives a true value (it may return a Deferred); fail the test
+    after C{timeout} seconds.  For a test over sockets that waits for an
+    event (a line written, a connection closed, a health check seen) rather
+    than for a fixed time.
+
+    @return: a Deferred firing with the true value C{check} gave.
     """
     deadline = reactor.seconds() + timeout
-    while not check():
+    while True:
+        result = yield maybeDeferred(check)
+        if result:
+            return result
         if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s: {check}")
-        yield wait(0.005)
-    return True
+            raise AssertionError(f"{what} did not happen within {timeout} s: {check} gave {result!r}")
+        yield wait(interval)
 
 
 def parts_for(

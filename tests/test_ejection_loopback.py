@@ -9,11 +9,10 @@ on its port.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -22,7 +21,7 @@ from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy.http._site import ProxySite, QuietSite
 from sora2proxy.ops._admin import Admin
 
-from .helpers import LoopbackMixin, json_of, reactor, wait
+from .helpers import LoopbackMixin, eventually, json_of, reactor
 
 INTERVAL = 0.5
 
@@ -84,19 +83,6 @@ class Killable(Site):
                 transport.abortConnection()
         self.protocols = []
         return stopped
-
-
-@inlineCallbacks
-def eventually(check: Callable[[], Any], seconds: float = 10.0) -> Any:
-    """Poll C{check} (which may return a Deferred) every 50 ms until it gives a true value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = yield maybeDeferred(check)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {seconds} s")
-        yield wait(0.05)
 
 
 class EjectionOverSockets(LoopbackMixin, TestCase):
@@ -200,7 +186,7 @@ class EjectionOverSockets(LoopbackMixin, TestCase):
         self.assertTrue(status["upstreams"][0]["ejected"])
 
         backend.health = 503
-        response, content = yield eventually(self._circuit_open)
+        response, content = yield eventually(self._circuit_open, interval=0.05)
         self.assertEqual(json_of(content)["details"]["attempts"], 0)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
         yield self.agree("not ready")
