@@ -2,7 +2,8 @@
 Reading one upstream response with llhttp, Node.js's strict HTTP/1.1 parser,
 through httptools' L{HttpResponseParser} callbacks.
 
-Each request gets a fresh L{ResponseReader}.  It finds the end of each head
+Each response gets a L{ResponseReader} (the last one's, with its parser, when
+llhttp ended that response cleanly on a kept-alive connection).  It finds the end of each head
 (the first blank line: llhttp takes no bare LF, so no head ends earlier) and
 feeds llhttp up to there alone, so that interim (1xx) answers are skipped, the
 answer to a HEAD is framed as bodiless (llhttp cannot be told the method, as
@@ -97,46 +98,41 @@ class ResponseReader:
     @ivar seen: some bytes of the response arrived.
     """
 
+    # fmt: off
     __slots__ = (
-        "_chunked",
-        "_code",
-        "_complete",
-        "_control",
-        "_counted",
-        "_ended",
-        "_fields",
-        "_head_bytes",
-        "_head_done",
-        "_head_request",
-        "_held",
-        "_in_body",
-        "_keep_alive",
-        "_lines",
-        "_minor",
-        "_parser",
-        "_phrase",
-        "_progress",
-        "_raw",
-        "_remaining",
-        "_sink",
-        "_stalled",
-        "_start",
-        "_tail",
-        "_trailer_bytes",
-        "_upgrade",
-        "seen",
-        "until_close",
+        "_chunked", "_code", "_complete", "_control", "_counted", "_ended", "_fields", "_head_bytes",
+        "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
+        "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
+        "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
+    # fmt: on
 
     def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool = False) -> None:
         """
         @param head_request: the response answers a HEAD: it has no body.
         @param upgrade: the request asked for an upgrade: a 101 is its final answer.
         """
+        self._parser = HttpResponseParser(self)
+        self._start_response(sink, head_request, upgrade)
+
+    def next_reader(self, sink: ResponseSink, head_request: bool) -> ResponseReader:
+        """
+        The reader of the next response on the same connection: this one,
+        with its parser, when llhttp ended the last response itself (a
+        keep-alive parser reads the next message from a clean state); a
+        fresh one otherwise (a HEAD's answer, whose body llhttp would still
+        expect, or a response cut short).
+        """
+        if self._parsed_whole and not self._head_request and not head_request and self._sink is None:
+            self._start_response(sink, head_request, False)
+            return self
+        return ResponseReader(sink, head_request)
+
+    def _start_response(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         self._sink: ResponseSink | None = sink
         self._head_request = head_request
         self._upgrade = upgrade
-        self._parser = HttpResponseParser(self)
+        self._parsed_whole = False
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
         self._start = b""  # the first bytes of the head, which must be HTTP/
@@ -383,6 +379,7 @@ class ResponseReader:
     def on_message_complete(self) -> None:
         if self._code >= 200:
             self._complete = True
+            self._parsed_whole = not self._raw
 
 
 def _invalid(error: HttpParserError) -> WireError:

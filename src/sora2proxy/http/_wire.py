@@ -59,6 +59,7 @@ class UpstreamConnection(Protocol):
         self.connected = False
         self._closing = False
         self._reader: ResponseReader | None = None
+        self._last_reader: ResponseReader | None = None  # whose parser the next response may reuse
         self._result: Deferred[IResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._body: IBodyProducer | None = None
@@ -117,7 +118,10 @@ class UpstreamConnection(Protocol):
             return fail(RequestNotSent())
         result: Deferred[IResponse] = Deferred(self._cancel)
         self._result = result
-        self._reader = ResponseReader(self, method == b"HEAD")
+        last, self._last_reader = self._last_reader, None
+        head_request = method == b"HEAD"
+        reader = ResponseReader(self, head_request) if last is None else last.next_reader(self, head_request)
+        self._reader = reader
         if body is None:
             send_now(self.transport, head)
         else:
@@ -191,7 +195,7 @@ class UpstreamConnection(Protocol):
 
     def body_ended(self, reusable: bool) -> None:
         response, self._response = self._response, None
-        self._reader = None
+        self._last_reader, self._reader = self._reader, None
         if self._body is not None:
             reusable = False  # answered before the body was sent: stop sending
             self._stop_body()
