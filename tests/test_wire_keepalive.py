@@ -101,3 +101,24 @@ class KeepAliveTests(SynchronousTestCase):
         self.assertIs(readers[0], readers[1])
         self.assertIsNot(readers[1], readers[2])
         self.assertIsNot(readers[2], readers[3])
+
+    def test_large_body_read_directly(self) -> None:
+        """
+        A large Content-Length body read in large pieces arrives whole (and
+        the next answer on the connection too); bytes past its end in the
+        same piece close the connection.
+        """
+        idle: list[UpstreamConnection] = []
+        connection = UpstreamConnection(idle.append, lambda _: None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        big = bytes(range(256)) * 400  # 102,400 bytes
+        _, raw, _ = content_length(big)
+        self.assertEqual(self.read(connection, b"GET", raw, 17 * 1024), (200, big))
+        self.assertEqual(self.read(connection, b"GET", chunked(b"next")[1], 5), (200, b"next"))
+        self.assertEqual(len(idle), 2)
+        self.assertEqual(
+            self.read(connection, b"GET", raw + b"HTTP/1.1 200 OK\r\n", len(raw) + 5), (200, big)
+        )
+        self.assertEqual(len(idle), 2)
+        self.assertTrue(transport.disconnecting)

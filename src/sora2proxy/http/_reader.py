@@ -29,6 +29,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 MAX_HEAD = 64 * 1024
 #: The most header fields one response head may have.
 MAX_HEADERS = 100
+#: Pieces of a Content-Length body this large skip llhttp.
+DIRECT_READ = 16 * 1024
 #: The most bytes of trailer fields accepted (they are read and dropped),
 #: and of a chunked body's framing read without any progress.
 MAX_TRAILERS = 16 * 1024
@@ -36,16 +38,7 @@ MAX_TRAILERS = 16 * 1024
 #: Response headers about the connection, kept apart from C{response.headers}
 #: (as Twisted's client does).
 CONNECTION_CONTROL = frozenset(
-    {
-        b"content-length",
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
+    b"content-length connection keep-alive te trailers transfer-encoding upgrade proxy-connection".split()
 )
 
 #: What a reason phrase may not hold: RFC 9112 allows HTAB, SP, VCHAR and obs-text.
@@ -100,8 +93,8 @@ class ResponseReader:
 
     # fmt: off
     __slots__ = (
-        "_chunked", "_code", "_complete", "_control", "_counted", "_ended", "_fields", "_head_bytes",
-        "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
+        "_chunked", "_code", "_complete", "_control", "_counted", "_direct", "_ended", "_fields",
+        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
         "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
         "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
@@ -132,7 +125,7 @@ class ResponseReader:
         self._sink: ResponseSink | None = sink
         self._head_request = head_request
         self._upgrade = upgrade
-        self._parsed_whole = False
+        self._parsed_whole = self._direct = False
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
         self._start = b""  # the first bytes of the head, which must be HTTP/
@@ -285,6 +278,9 @@ class ResponseReader:
             data = data[:remaining]
         if remaining is not None:
             self._remaining = remaining - len(data)
+            if self._direct or len(data) >= DIRECT_READ:
+                self._direct_body(data, stray)
+                return
         self._progress = False
         trailers = len(self._lines)
         try:
@@ -303,6 +299,17 @@ class ResponseReader:
             self._stalled = 0 if self._progress else self._stalled + len(data)
             if self._stalled > MAX_TRAILERS:
                 raise WireError("a chunk-size line or the trailers are too long")
+
+    def _direct_body(self, data: bytes, stray: bool) -> None:
+        # Large pieces of a Content-Length body go to the sink as read (llhttp
+        # would only copy them); its parser, which lost count, is not reused.
+        self._direct = True
+        if self._sink is None and self._held is None:
+            return  # abandoned
+        self.on_body(data)
+        if self._remaining == 0:
+            self._complete = True
+            self._finish(stray)
 
     def _trailers_read(self) -> None:
         self._progress = True

@@ -21,6 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
+from twisted.internet.tcp import Connection
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     RequestNotSent,
@@ -37,6 +38,10 @@ from ._eager import send_now
 from ._headers import Fields
 from ._reader import ResponseReader, WireError
 from ._upstream_response import UpstreamResponse
+
+#: The most bytes read from an upstream socket at once (Twisted's default is
+#: 64 KiB): a large body crosses the proxy in a quarter of the pieces.
+READ_SIZE = 256 * 1024
 
 
 class UpstreamConnection(Protocol):
@@ -68,6 +73,8 @@ class UpstreamConnection(Protocol):
     # Protocol
     def connectionMade(self) -> None:
         self.connected = True
+        if isinstance(self.transport, Connection):  # plain TCP: read large bodies in fewer, larger pieces
+            self.transport.bufferSize = READ_SIZE
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         self.connected = False
