@@ -46,13 +46,15 @@ class KubernetesTests(SynchronousTestCase):
 
 class SystemdTests(SynchronousTestCase):
     def test_units(self) -> None:
-        """The service's ExecStart parses, with the socket systemd passes (LISTEN_FDS) as its listener."""
+        """The service's ExecStart parses, with the socket systemd passes (LISTEN_FDS) as its listener; exit 78 is not restarted."""
         service = configparser.ConfigParser(interpolation=None, strict=False)
         service.read(DEPLOY / "sora2proxy.service")
         socket_unit = configparser.ConfigParser(interpolation=None)
         socket_unit.read(DEPLOY / "sora2proxy.socket")
         self.assertEqual(socket_unit["Socket"]["ListenStream"], "3200")
         self.assertEqual(service["Unit"]["Requires"], "sora2proxy.socket")
+        # A configuration error (exit 78) is not restarted in a loop.
+        self.assertEqual(service["Service"]["RestartPreventExitStatus"], "78")
         argv = shlex.split(service["Service"]["ExecStart"])
         args = argv[argv.index("sora2proxy") + 1 :]
         self.assertIn("systemd:domain=INET:index=0", args)

@@ -112,9 +112,10 @@ class Exchange:
         Send the first try; the answer, or the proxy's error, follows.
         """
         self._parts.budget.record_request()
-        self._public = public_base(self.context.request)  # while the client is there
+        secure = bool(self.context.request.isSecure())
+        self._public = public_base(self.context.request, secure)  # while the client is there
         body = body_of(self.context.request, self._parts.cooperator)
-        self._router = self._route(body)
+        self._router = self._route(body, secure)
         self._tries = _WatchedTries(self._router, body, self)
         self._loop = self._retry_loop()
         self._result = self._loop.run()
@@ -123,12 +124,12 @@ class Exchange:
             self._respond.internal_error_late, self.context, self._loop
         )
 
-    def _route(self, body: ReplayableBody | None) -> RequestRouter:
+    def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
         request, config = self.context.request, self._parts.config
         headers = forwarded_headers(
             request,
             self.context.request_id,
-            bool(request.isSecure()),
+            secure,
             config.preserve_host,
             config.allow_underscore_headers,
         )

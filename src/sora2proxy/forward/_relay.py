@@ -18,7 +18,15 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from .._errors import reason_phrase
-from ..http._headers import HOP_BY_HOP, REQUEST_ID, Fields, append_via, connection_named, listed_names
+from ..http._headers import (
+    HOP_BY_HOP,
+    REQUEST_ID,
+    Fields,
+    append_via,
+    connection_named,
+    listed_names,
+    put_parsed,
+)
 from ..idempotency._store import StoredResponse
 
 
@@ -194,20 +202,23 @@ def start_response(
         if upstream_base and lower in (b"location", b"content-location"):
             origin = public or public_base(request)
             values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
-        headers.setRawHeaders(name, values)
+        put_parsed(headers, name, list(values))
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
         # The client gets the same framing (Content-Length is kept apart from the headers).
-        headers.setRawHeaders(b"content-length", [b"%d" % length])
+        put_parsed(headers, b"content-length", [b"%d" % length])
     append_via(headers)
-    headers.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+    put_parsed(headers, REQUEST_ID, [request_id.encode("ascii")])
 
 
-def public_base(request: Request) -> bytes:
+def public_base(request: Request, secure: bool | None = None) -> bytes:
     """
+    @param secure: whether the request came over TLS, when already known.
     @return: the proxy's origin as the client of C{request} used it (C{scheme://host}).
     """
-    scheme = b"https" if request.isSecure() else b"http"
+    if secure is None:
+        secure = bool(request.isSecure())
+    scheme = b"https" if secure else b"http"
     host = request.getHeader(b"host") or b"localhost"
     return scheme + b"://" + host
 

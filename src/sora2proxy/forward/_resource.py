@@ -24,7 +24,7 @@ from .._errors import (
     body_too_large_message,
 )
 from .._identity import IdentityRule
-from ..http._headers import REQUEST_ID, request_id_from
+from ..http._headers import REQUEST_ID, put_parsed, request_id_from
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..resilience._retry import RetryPolicy
 from ..resilience._upstreams import Upstream
@@ -91,7 +91,7 @@ class ProxyResource:
         """
         self.parts.telemetry.request_started()
         request_id = request_id_from(request.requestHeaders)
-        request.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
+        put_parsed(request.responseHeaders, REQUEST_ID, [request_id.encode("ascii")])
         request.defaultContentType = None
         context = RequestContext(
             request,

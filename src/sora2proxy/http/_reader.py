@@ -2,7 +2,8 @@
 Reading one upstream response with llhttp, Node.js's strict HTTP/1.1 parser,
 through httptools' L{HttpResponseParser} callbacks.
 
-Each request gets a fresh L{ResponseReader}.  It finds the end of each head
+Each response gets a L{ResponseReader} (the last one's, with its parser, when
+llhttp ended that response cleanly on a kept-alive connection).  It finds the end of each head
 (the first blank line: llhttp takes no bare LF, so no head ends earlier) and
 feeds llhttp up to there alone, so that interim (1xx) answers are skipped, the
 answer to a HEAD is framed as bodiless (llhttp cannot be told the method, as
@@ -28,6 +29,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 MAX_HEAD = 64 * 1024
 #: The most header fields one response head may have.
 MAX_HEADERS = 100
+#: Pieces of a Content-Length body this large skip llhttp.
+DIRECT_READ = 16 * 1024
 #: The most bytes of trailer fields accepted (they are read and dropped),
 #: and of a chunked body's framing read without any progress.
 MAX_TRAILERS = 16 * 1024
@@ -35,16 +38,7 @@ MAX_TRAILERS = 16 * 1024
 #: Response headers about the connection, kept apart from C{response.headers}
 #: (as Twisted's client does).
 CONNECTION_CONTROL = frozenset(
-    {
-        b"content-length",
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
+    b"content-length connection keep-alive te trailers transfer-encoding upgrade proxy-connection".split()
 )
 
 #: What a reason phrase may not hold: RFC 9112 allows HTAB, SP, VCHAR and obs-text.
@@ -97,46 +91,41 @@ class ResponseReader:
     @ivar seen: some bytes of the response arrived.
     """
 
+    # fmt: off
     __slots__ = (
-        "_chunked",
-        "_code",
-        "_complete",
-        "_control",
-        "_counted",
-        "_ended",
-        "_fields",
-        "_head_bytes",
-        "_head_done",
-        "_head_request",
-        "_held",
-        "_in_body",
-        "_keep_alive",
-        "_lines",
-        "_minor",
-        "_parser",
-        "_phrase",
-        "_progress",
-        "_raw",
-        "_remaining",
-        "_sink",
-        "_stalled",
-        "_start",
-        "_tail",
-        "_trailer_bytes",
-        "_upgrade",
-        "seen",
-        "until_close",
+        "_chunked", "_code", "_complete", "_control", "_counted", "_direct", "_ended", "_fields",
+        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
+        "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
+        "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
+    # fmt: on
 
     def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool = False) -> None:
         """
         @param head_request: the response answers a HEAD: it has no body.
         @param upgrade: the request asked for an upgrade: a 101 is its final answer.
         """
+        self._parser = HttpResponseParser(self)
+        self._start_response(sink, head_request, upgrade)
+
+    def next_reader(self, sink: ResponseSink, head_request: bool) -> ResponseReader:
+        """
+        The reader of the next response on the same connection: this one,
+        with its parser, when llhttp ended the last response itself (a
+        keep-alive parser reads the next message from a clean state); a
+        fresh one otherwise (a HEAD's answer, whose body llhttp would still
+        expect, or a response cut short).
+        """
+        if self._parsed_whole and not self._head_request and not head_request and self._sink is None:
+            self._start_response(sink, head_request, False)
+            return self
+        return ResponseReader(sink, head_request)
+
+    def _start_response(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         self._sink: ResponseSink | None = sink
         self._head_request = head_request
         self._upgrade = upgrade
-        self._parser = HttpResponseParser(self)
+        self._parsed_whole = self._direct = False
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
         self._start = b""  # the first bytes of the head, which must be HTTP/
@@ -289,6 +278,9 @@ class ResponseReader:
             data = data[:remaining]
         if remaining is not None:
             self._remaining = remaining - len(data)
+            if self._direct or len(data) >= DIRECT_READ:
+                self._direct_body(data, stray)
+                return
         self._progress = False
         trailers = len(self._lines)
         try:
@@ -307,6 +299,17 @@ class ResponseReader:
             self._stalled = 0 if self._progress else self._stalled + len(data)
             if self._stalled > MAX_TRAILERS:
                 raise WireError("a chunk-size line or the trailers are too long")
+
+    def _direct_body(self, data: bytes, stray: bool) -> None:
+        # Large pieces of a Content-Length body go to the sink as read (llhttp
+        # would only copy them); its parser, which lost count, is not reused.
+        self._direct = True
+        if self._sink is None and self._held is None:
+            return  # abandoned
+        self.on_body(data)
+        if self._remaining == 0:
+            self._complete = True
+            self._finish(stray)
 
     def _trailers_read(self) -> None:
         self._progress = True
@@ -383,6 +386,7 @@ class ResponseReader:
     def on_message_complete(self) -> None:
         if self._code >= 200:
             self._complete = True
+            self._parsed_whole = not self._raw
 
 
 def _invalid(error: HttpParserError) -> WireError:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.server import Request, Site
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from twisted.web.server import Request, Site, version
 
 from .._config import ProxyConfig
 from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
-from ._headers import request_id_from
+from ._headers import put_parsed, request_id_from
 from ._refusal import RefusalListener
+
+#: The C{Server} header twisted.web sends.
+SERVER: bytes = version
 
 
 class ProxyRequest(Request):
@@ -59,7 +64,39 @@ class ProxyRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._rejected:
             return
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+        if not self._leaf_root():
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+            return
+        # What twisted.web's does, less what a proxy never reads: the query
+        # and a form body are forwarded as bytes, never parsed into args.
+        content: Any = self.content
+        content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        self.process()
+
+    def _leaf_root(self) -> bool:
+        site = getattr(self.channel, "site", None)
+        return bool(getattr(getattr(site, "resource", None), "isLeaf", False))
+
+    def process(self) -> None:
+        if not self._leaf_root() or self.path == b"*":
+            super().process()  # type: ignore[no-untyped-call]
+            return
+        site: Any = getattr(self.channel, "site", None)
+        resource = site.resource
+        # A leaf at the root (the proxy's own resource): nothing to traverse,
+        # and the default headers set without Twisted's per-value checks.
+        self.site = site
+        put_parsed(self.responseHeaders, b"server", [SERVER])
+        put_parsed(self.responseHeaders, b"date", [datetimeToString()])
+        self.prepath, self.postpath = [], []
+        self.sitepath: list[bytes] = []
+        try:
+            self.render(resource)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
     def _reject(self, config: ProxyConfig) -> None:
         self._rejected = True

@@ -21,6 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
+from twisted.internet.tcp import Connection
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     RequestNotSent,
@@ -37,6 +38,10 @@ from ._eager import send_now
 from ._headers import Fields
 from ._reader import ResponseReader, WireError
 from ._upstream_response import UpstreamResponse
+
+#: The most bytes read from an upstream socket at once (Twisted's default is
+#: 64 KiB): a large body crosses the proxy in a quarter of the pieces.
+READ_SIZE = 256 * 1024
 
 
 class UpstreamConnection(Protocol):
@@ -59,6 +64,7 @@ class UpstreamConnection(Protocol):
         self.connected = False
         self._closing = False
         self._reader: ResponseReader | None = None
+        self._last_reader: ResponseReader | None = None  # whose parser the next response may reuse
         self._result: Deferred[IResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._body: IBodyProducer | None = None
@@ -67,6 +73,8 @@ class UpstreamConnection(Protocol):
     # Protocol
     def connectionMade(self) -> None:
         self.connected = True
+        if isinstance(self.transport, Connection):  # plain TCP: read large bodies in fewer, larger pieces
+            self.transport.bufferSize = READ_SIZE
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         self.connected = False
@@ -117,7 +125,10 @@ class UpstreamConnection(Protocol):
             return fail(RequestNotSent())
         result: Deferred[IResponse] = Deferred(self._cancel)
         self._result = result
-        self._reader = ResponseReader(self, method == b"HEAD")
+        last, self._last_reader = self._last_reader, None
+        head_request = method == b"HEAD"
+        reader = ResponseReader(self, head_request) if last is None else last.next_reader(self, head_request)
+        self._reader = reader
         if body is None:
             send_now(self.transport, head)
         else:
@@ -191,7 +202,7 @@ class UpstreamConnection(Protocol):
 
     def body_ended(self, reusable: bool) -> None:
         response, self._response = self._response, None
-        self._reader = None
+        self._last_reader, self._reader = self._reader, None
         if self._body is not None:
             reusable = False  # answered before the body was sent: stop sending
             self._stop_body()

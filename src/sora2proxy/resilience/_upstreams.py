@@ -133,7 +133,11 @@ class Balancer:
         @return: a usable upstream, preferring those not in C{avoid}; or
             L{None} when none is usable.
         """
-        candidates = usable(self.upstreams)
+        upstreams = self.upstreams
+        if len(upstreams) == 1:  # the common case: usable() of one is it when passing
+            only = upstreams[0]
+            return only if only.passing() else None
+        candidates = usable(upstreams)
         if not candidates:
             return None
         fresh = [u for u in candidates if u not in avoid] or candidates

@@ -1,0 +1,75 @@
+"""
+L{ProxyRequest} skips what a proxy never reads (query and form arguments,
+resource traversal under a leaf root) and still gives a resource what
+twisted.web gives it: method, URI, path, the body, C{Server} and C{Date}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from sora2proxy import ProxyConfig
+from sora2proxy.http._site import ProxySite
+
+DATE = re.compile(rb"\r\nDate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n")
+
+
+class Seen(Resource):
+    """Answers with what it saw of the request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append((request.method, request.uri, request.path, request.args, request.content.read()))
+        return b"ok"
+
+
+def serve(root: Resource, raw: bytes) -> bytes:
+    site = ProxySite(root, ProxyConfig(), reactor=MemoryReactorClock())  # type: ignore[arg-type]
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    return transport.value()
+
+
+class ProxyRequestTests(SynchronousTestCase):
+    """
+    A leaf root, as the proxy's own site has, and any other root.
+    """
+
+    def test_leaf_root_sees_raw_request(self) -> None:
+        """
+        A form POST with a query reaches a leaf root as bytes: nothing is
+        parsed into args, and the answer carries Server and Date.
+        """
+        root = Seen()
+        body = b"a=1&b=2"
+        answer = serve(
+            root,
+            b"POST /api/proxy/x%20y?q=1&q=2 HTTP/1.1\r\nHost: h\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\n" + body,
+        )
+        self.assertEqual(root.seen, [(b"POST", b"/api/proxy/x%20y?q=1&q=2", b"/api/proxy/x%20y", {}, body)])
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertIn(b"\r\nServer: TwistedWeb/", answer)
+        self.assertRegex(answer, DATE)
+
+    def test_other_roots_traversed(self) -> None:
+        """
+        A root that is not a leaf is traversed as twisted.web does.
+        """
+        root, child = Resource(), Seen()
+        root.putChild(b"api", child)
+        answer = serve(root, b"GET /api/x?q=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(child.seen, [(b"GET", b"/api/x?q=1", b"/api/x", {b"q": [b"1"]}, b"")])
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
