@@ -1,0 +1,134 @@
+"""
+Where limits are counted: the L{LimitStore} protocol and L{MemoryLimitStore}
+(one process; Redis's is L{sora2proxy.limits._redis.RedisLimitStore}).
+
+Times are whole microseconds.  A rate is kept as GCRA's one timestamp per
+key, the theoretical arrival time (TAT): a request is accepted when the new
+TAT would be at most C{burst} ahead of now, and then moves it C{interval}
+further.  No windows, so no double rate at a window's edge.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Protocol
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+
+class LimitStoreUnavailable(Exception):
+    """
+    The store could not be reached (Redis down): the gate fails open or closed.
+    """
+
+
+@frozen
+class Spent:
+    """
+    The outcome of spending one request of a rate.
+
+    @ivar accepted: whether the request is within the rate.
+    @ivar micros: accepted: microseconds until the whole burst is available
+        again; refused: microseconds until the next request is accepted.
+    """
+
+    accepted: bool
+    micros: int
+
+
+class LimitStore(Protocol):
+    """
+    Atomic GCRA spending and in-flight slots, per key.
+    """
+
+    description: str
+
+    def spend(self, key: str, interval: int, burst: int) -> Deferred[Spent]:
+        """
+        Spend one request of C{key}'s rate: C{interval} microseconds apart,
+        with C{burst} microseconds of credit (C{N * interval} for N at once).
+        """
+
+    def acquire(self, key: str, limit: int, ttl: float) -> Deferred[str | None]:
+        """
+        Take one of C{limit} slots of C{key}, for at most C{ttl} seconds
+        (a slot of a process that died expires): a token, or L{None} when
+        all are taken.
+        """
+
+    def release(self, key: str, token: str) -> Deferred[None]:
+        """Give a slot back."""
+
+
+def now_micros(clock: IReactorTime) -> int:
+    """
+    C{clock}'s time in whole microseconds.
+    """
+    return round(clock.seconds() * 1_000_000)
+
+
+@define
+class MemoryLimitStore:
+    """
+    Limits of one process, in bounded memory: a key whose TAT is in the past
+    is the same as no key, so such keys are dropped when the table is full;
+    if it is still full, the key closest to a full burst goes (its caller
+    gets a little more than its share, never less).
+
+    @ivar max_keys: rate keys kept at most.
+    """
+
+    _clock: IReactorTime
+    max_keys: int = 100_000
+    description: str = "memory"
+    _tats: dict[str, int] = field(factory=dict)
+    _slots: dict[str, set[str]] = field(factory=dict)
+    _tokens: itertools.count[int] = field(factory=itertools.count)
+
+    def spend(self, key: str, interval: int, burst: int) -> Deferred[Spent]:
+        return succeed(self.spend_now(key, interval, burst))
+
+    def spend_now(self, key: str, interval: int, burst: int) -> Spent:
+        """
+        L{spend}, answered at once.
+        """
+        now = now_micros(self._clock)
+        tats = self._tats
+        tat = max(tats.get(key, now), now) + interval
+        if tat - now > burst:
+            return Spent(False, tat - now - burst)
+        if key not in tats and len(tats) >= self.max_keys:
+            self._evict(now)
+        tats[key] = tat
+        return Spent(True, tat - now)
+
+    def _evict(self, now: int) -> None:
+        tats = self._tats
+        for key in [key for key, tat in tats.items() if tat <= now]:
+            del tats[key]
+        if len(tats) >= self.max_keys:
+            del tats[min(tats, key=tats.__getitem__)]
+
+    def size(self) -> int:
+        """
+        Rate keys held.
+        """
+        return len(self._tats)
+
+    def acquire(self, key: str, limit: int, ttl: float) -> Deferred[str | None]:
+        held = self._slots.setdefault(key, set())
+        if len(held) >= limit:
+            return succeed(None)
+        token = str(next(self._tokens))
+        held.add(token)
+        return succeed(token)
+
+    def release(self, key: str, token: str) -> Deferred[None]:
+        held = self._slots.get(key)
+        if held is not None:
+            held.discard(token)
+            if not held:
+                del self._slots[key]
+        return succeed(None)
