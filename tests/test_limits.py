@@ -2,24 +2,47 @@
 Rate and concurrency limits on a Clock: GCRA's burst and spacing, its bound
 over any arrival sequence (a hypothesis property), bounded memory, slots
 freed exactly once, the RateLimit fields, the 429's words, and a store that
-cannot be reached (fail open, or 503 fail closed); the rules' parsing.
+cannot be reached (fail open, or 503 fail closed); the rules' parsing, the
+options, the admin port's view, and a refused request's Idempotency-Key freed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
+from sora2proxy import build_proxy
 from sora2proxy._config import ConfigError, ProxyConfig
-from sora2proxy._identity import Identity
+from sora2proxy._errors import ErrorKind
+from sora2proxy._identity import Identity, IdentityRule
 from sora2proxy._rules import path_rule, rate_rule
-from sora2proxy.limits._gate import Admission, Limits, Refusal
+from sora2proxy._tap import Options
+from sora2proxy.forward._messages import public_words, suggestion_for
+from sora2proxy.forward._resource import ProxyResource
+from sora2proxy.idempotency._guard import IdempotencyGuard
+from sora2proxy.idempotency._memory import MemoryStore
+from sora2proxy.limits._gate import (
+    RATE_LIMIT_STORE_UNAVAILABLE,
+    RATE_LIMITED,
+    TOO_MANY_IN_FLIGHT,
+    Admission,
+    Limits,
+    Refusal,
+)
 from sora2proxy.limits._store import LimitStoreUnavailable, MemoryLimitStore
+from sora2proxy.ops._limits_view import limits_html
+from sora2proxy.ops._metrics import Telemetry
+
+from .helpers import MemoryHarness, RecordingUpstream
 
 ALICE = Identity("a" * 64, False)
 BOB = Identity("b" * 64, False)
@@ -198,3 +221,86 @@ class RuleTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 ProxyConfig(**{option: value})
             self.assertIn(words, str(caught.exception))
+
+
+class WiringTests(SynchronousTestCase):
+    def test_options(self) -> None:
+        """twistd's options reach the configuration: repeatable rules, the store, fail-closed, --sse-errors."""
+        options = Options({})
+        options.parseOptions(
+            ["--rate-limit", "POST:/videos=10/m", "--rate-limit", "GET:/videos=100/s", "--max-concurrent",
+             "POST:/videos=2", "--rate-limit-store", "redis://127.0.0.1:6379/1", "--rate-limit-fail-closed",
+             "--sse-errors", "plain"]
+        )  # fmt: skip
+        config = options.config
+        assert config is not None
+        self.assertEqual(config.rate_limit, ("POST:/videos=10/m", "GET:/videos=100/s"))
+        self.assertEqual(config.max_concurrent, ("POST:/videos=2",))
+        self.assertEqual(config.rate_limit_store, "redis://127.0.0.1:6379/1")
+        self.assertTrue(config.rate_limit_fail_closed)
+        self.assertEqual(config.sse_errors, "plain")
+        defaults = ProxyConfig()
+        self.assertEqual((defaults.rate_limit_store, defaults.sse_errors), ("memory", "event-stream"))
+
+    def test_no_rules_no_gate(self) -> None:
+        """With no rule (the default) the proxy has no limits gate at all."""
+        self.assertIsNone(build_proxy(ProxyConfig(health_path=""), Clock()).resource.parts.limits)
+
+    def test_words(self) -> None:
+        """Each refusal has a suggestion of its own, and the store's 503 has public words that say to retry."""
+        config = ProxyConfig()
+        generic = suggestion_for(ErrorKind("SOMETHING_NEW", 500, "New"), config)
+        for kind in (RATE_LIMITED, TOO_MANY_IN_FLIGHT, RATE_LIMIT_STORE_UNAVAILABLE):
+            self.assertNotEqual(suggestion_for(kind, config), generic, kind.error_type)
+        message, suggestion = public_words(RATE_LIMIT_STORE_UNAVAILABLE, "m", "s", config)
+        self.assertEqual(
+            message, "The proxy cannot check rate limits for a moment; the request was not sent."
+        )
+        self.assertIn("Retry-After", suggestion)
+
+    def test_admin_view(self) -> None:
+        """Metrics count refusals by rule and slots in flight; the status page names callers by a short digest, never the token."""
+        clock = Clock()
+        gate = limits(clock, ("POST:/videos=1/h",), ("GET:/events=1",))
+        telemetry = Telemetry(clock)
+        telemetry.watch_limits(gate)
+        token = IdentityRule().identify(Headers({b"x-api-key": [b"sk-secret-token"]}), None)
+        outcome(self, gate.admit(b"POST", b"/videos", token))
+        outcome(self, gate.admit(b"POST", b"/videos", token))
+        outcome(self, gate.admit(b"GET", b"/events", token))
+        text = generate_latest(telemetry.registry).decode()
+        self.assertIn('sora2proxy_rate_limited_total{rule="POST:/videos=1/h"} 1.0', text)
+        self.assertIn('sora2proxy_rate_limited_total{rule="GET:/events=1"} 0.0', text)
+        self.assertIn('sora2proxy_limit_in_flight{rule="GET:/events=1"} 1.0', text)
+        section = telemetry.sections["limits"]()
+        self.assertEqual(section["topCallers"], [{"caller": token.digest[:12], "limited": 1}])
+        page = limits_html(section)
+        self.assertIn(token.digest[:12], page)
+        self.assertNotIn("sk-secret", page)
+        self.assertNotIn(token.digest, page)
+
+
+class TicketTests(SynchronousTestCase):
+    def test_refused_key_is_free_again(self) -> None:
+        """A keyed POST refused by a rate rule frees its key: the same key later is forwarded, not 409."""
+        harness = MemoryHarness(RecordingUpstream("status:201"))  # no Set-Cookie: one caller
+        clock = harness.clock
+        guard = IdempotencyGuard(MemoryStore(clock), clock)
+        gate = limits(clock, ("POST:/videos=1/s",))  # a claim held in flight lasts 300 s
+        harness.resource = ProxyResource(attrs.evolve(harness.parts, guard=guard, limits=gate))
+        harness.client = StubTreq(harness.resource)
+
+        def post(key: bytes) -> int:
+            d = harness.client.post(
+                "http://proxy.test/api/proxy/videos",
+                b"{}",
+                headers={b"Idempotency-Key": [key], b"X-Api-Key": [b"alice"]},
+            )
+            harness.flush()
+            code: int = self.successResultOf(d).code
+            return code
+
+        self.assertEqual(post(b"first"), 201)
+        self.assertEqual(post(b"second"), 429)
+        clock.advance(1)
+        self.assertEqual(post(b"second"), 201)
