@@ -247,7 +247,7 @@ class Options(usage.Options):
 
     def opt_identity_header(self, name: str) -> None:
         """
-        A header whose value identifies the caller, for Idempotency-Key scopes; repeatable [default: $SORA2PROXY_IDENTITY_HEADERS (comma-separated), else Authorization, Cookie and X-Api-Key].
+        A header whose value identifies the caller, for Idempotency-Key scopes and limits; repeatable [default: $SORA2PROXY_IDENTITY_HEADERS (comma-separated), else Authorization, Cookie and X-Api-Key].
         """  # noqa: E501
         self["identity-header"].append(name)
 

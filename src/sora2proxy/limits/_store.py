@@ -11,6 +11,7 @@ further.  No windows, so no double rate at a window's edge.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from typing import Protocol
 
 from attrs import define, field, frozen
@@ -72,10 +73,11 @@ def now_micros(clock: IReactorTime) -> int:
 @define
 class MemoryLimitStore:
     """
-    Limits of one process, in bounded memory: a key whose TAT is in the past
-    is the same as no key, so such keys are dropped when the table is full;
-    if it is still full, the key closest to a full burst goes (its caller
-    gets a little more than its share, never less).
+    Limits of one process, in bounded memory: the keys are kept in the order
+    they were last spent, and a new key drops the least recent ones whose
+    TAT is past (the same as no key), and the least recent one while the
+    table is full (its caller gets a new burst: more than its share, never
+    less).  Each costs O(1), whatever the number of callers.
 
     @ivar max_keys: rate keys kept at most.
     """
@@ -83,7 +85,7 @@ class MemoryLimitStore:
     _clock: IReactorTime
     max_keys: int = 100_000
     description: str = "memory"
-    _tats: dict[str, int] = field(factory=dict)
+    _tats: OrderedDict[str, int] = field(factory=OrderedDict)
     _slots: dict[str, set[str]] = field(factory=dict)
     _tokens: itertools.count[int] = field(factory=itertools.count)
 
@@ -96,20 +98,16 @@ class MemoryLimitStore:
         """
         now = now_micros(self._clock)
         tats = self._tats
-        tat = max(tats.get(key, now), now) + interval
+        held = tats.get(key)
+        tat = max(now if held is None else held, now) + interval
         if tat - now > burst:
             return Spent(False, tat - now - burst)
-        if key not in tats and len(tats) >= self.max_keys:
-            self._evict(now)
+        if held is None:  # O(1) each: the least recently seen keys go first
+            while tats and (len(tats) >= self.max_keys or next(iter(tats.values())) <= now):
+                tats.popitem(last=False)
         tats[key] = tat
+        tats.move_to_end(key)
         return Spent(True, tat - now)
-
-    def _evict(self, now: int) -> None:
-        tats = self._tats
-        for key in [key for key, tat in tats.items() if tat <= now]:
-            del tats[key]
-        if len(tats) >= self.max_keys:
-            del tats[min(tats, key=tats.__getitem__)]
 
     def size(self) -> int:
         """
