@@ -304,3 +304,37 @@ class TicketTests(SynchronousTestCase):
         self.assertEqual(post(b"second"), 429)
         clock.advance(1)
         self.assertEqual(post(b"second"), 201)
+
+
+class SlotPathsTests(SynchronousTestCase):
+    def harness(self, upstream: RecordingUpstream, **options: Any) -> tuple[MemoryHarness, Limits]:
+        harness = MemoryHarness(upstream, attempts=1, **options)
+        gate = limits(harness.clock, slots=("GET:/slow=1",))
+        harness.resource = ProxyResource(attrs.evolve(harness.parts, limits=gate))
+        harness.client = StubTreq(harness.resource)
+        return harness, gate
+
+    def get(self, harness: MemoryHarness) -> Deferred[Any]:
+        d: Deferred[Any] = harness.client.get(
+            "http://proxy.test/api/proxy/slow", headers={b"X-Api-Key": [b"a"]}
+        )
+        harness.flush()
+        return d
+
+    def test_timeout_frees_the_slot(self) -> None:
+        """A request that times out (504) frees its slot: the next one is accepted."""
+        harness, gate = self.harness(RecordingUpstream("hang"), timeout=5)
+        first = self.get(harness)
+        self.assertEqual(self.successResultOf(self.get(harness)).code, 429)
+        harness.advance(5)
+        self.assertEqual(self.successResultOf(first).code, 504)
+        self.assertEqual(gate.in_flight, {"GET:/slow=1": 0})
+        self.assertNoResult(self.get(harness))
+        self.assertEqual(gate.in_flight, {"GET:/slow=1": 1})
+
+    def test_error_frees_the_slot(self) -> None:
+        """A request the backend fails (an error answer of the proxy) frees its slot."""
+        harness, gate = self.harness(RecordingUpstream("reset"))
+        self.assertEqual(self.successResultOf(self.get(harness)).code, 502)
+        self.assertEqual(gate.in_flight, {"GET:/slow=1": 0})
+        self.assertEqual(self.successResultOf(self.get(harness)).code, 502)
