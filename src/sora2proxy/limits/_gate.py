@@ -157,7 +157,8 @@ class Limits:
         if not rates and not slots:
             return None
         checking = Deferred.fromCoroutine(self._check(rates, slots, caller))
-        checking.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_timed_out)
+        if not checking.called:  # Redis: bounded; the memory store has answered already
+            checking.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_timed_out)
         return checking.addErrback(self._store_failed)
 
     async def _check(
