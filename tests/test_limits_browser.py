@@ -63,6 +63,9 @@ class Reports(Resource):
         super().__init__()
         self.lines: list[str] = []
 
+    def render_GET(self, request: Request) -> bytes:
+        return b""
+
     def render_POST(self, request: Request) -> bytes:
         assert request.content is not None
         self.lines.append(request.content.read().decode())
@@ -103,6 +106,7 @@ class EventSourceTests(LoopbackMixin, TestCase):
         root = Resource()
         root.putChild(b"page", Page())
         root.putChild(b"report", reports)
+        root.putChild(b"favicon.ico", Reports())  # no 404 page (a deprecated class) for the browser's asking
         root.putChild(b"api", proxy.resource)
         page_port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(page_port.stopListening)
