@@ -2,7 +2,7 @@
 L{ProxyConfig}: every option of the proxy, its default and its validation.
 
 A bad value raises L{ConfigError}, whose message is one line naming the
-command-line option.  This module imports nothing of the package.
+command-line option.  This module imports only L{sora2proxy._rules} of the package.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from attrs import field, frozen
 from hyperlink import URL
+
+from ._rules import path_rule, rate_rule, slots_rule
 
 DEFAULT_UPSTREAM = "http://localhost:3101/api"
 #: The headers that identify a caller when no C{--identity-header} is given.
@@ -156,11 +158,6 @@ def _valid_upstreams(_: object, attribute: attrs.Attribute[Any], value: tuple[st
         raise ConfigError("--upstream", "the same URL is given twice")
 
 
-def _valid_balance(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value not in BALANCE_CHOICES:
-        raise ConfigError("--balance", f"must be one of {', '.join(BALANCE_CHOICES)}, got {value!r}")
-
-
 def _whole_not_negative(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(option_name(attribute), f"must be a whole number of 0 or more, got {value!r}")
@@ -171,28 +168,28 @@ LOG_FORMATS = ("text", "json")
 
 
 def _valid_store(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value in ("memory", "off"):
+    option, words = option_name(attribute), ("memory", "off")[: 2 if attribute.name[0] == "i" else 1]
+    if value in words:
         return
     if not isinstance(value, str) or not value.startswith("redis://"):
-        raise ConfigError(
-            "--idempotency-store", f"must be memory, off or redis://HOST:PORT/DB, got {value!r}"
-        )
+        raise ConfigError(option, f"must be {', '.join(words)} or redis://HOST:PORT/DB, got {value!r}")
     url = URL.from_text(value)
     if not url.host or (url.path and url.path[0] and not url.path[0].isdigit()):
-        raise ConfigError("--idempotency-store", f"{value!r} is not redis://HOST:PORT/DB")
+        raise ConfigError(option, f"{value!r} is not redis://HOST:PORT/DB")
 
 
-def _valid_rules(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    for rule in value:
-        method, colon, pattern = rule.partition(":")
-        if not colon or not method.isalpha() or not pattern.startswith("/"):
-            raise ConfigError(
-                "--require-idempotency-key", f"must be METHOD:/PATH-PATTERN (POST:/videos), got {rule!r}"
-            )
+def _rules_of(parse: Callable[[str], object]) -> Callable[[object, Any, tuple[str, ...]], None]:
+    def valid(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        for rule in value:
+            try:
+                parse(rule)
+            except ValueError as e:
+                raise ConfigError(option_name(attribute), str(e)) from None
+
+    return valid
 
 
-def _names(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
+_valid_rules = _rules_of(path_rule)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -206,9 +203,12 @@ def _valid_identity_headers(_: object, attribute: attrs.Attribute[Any], value: t
             raise ConfigError("--identity-header", f"must be a header name (X-Api-Key), got {name!r}")
 
 
-def _valid_log_format(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value not in LOG_FORMATS:
-        raise ConfigError("--log-format", f"must be text or json, got {value!r}")
+def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], str], None]:
+    def valid(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ConfigError(option_name(attribute), f"must be {' or '.join(choices)}, got {value!r}")
+
+    return valid
 
 
 def _valid_access_log(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -296,6 +296,9 @@ class ProxyConfig:
     @ivar idempotency_max_per_caller: entries (in flight or stored) one caller keeps at most.
     @ivar identity_headers: the headers whose values identify a caller (the
         client's address does when none is sent).
+    @ivar rate_limit: C{METHOD:PATH-PATTERN=N/PERIOD}s; C{max_concurrent}: C{METHOD:PATH-PATTERN=N}s;
+        C{rate_limit_store}: C{memory} or C{redis://HOST:PORT/DB}; C{sse_errors}: C{event-stream}
+        (the proxy's errors to an C{EventSource} as a C{proxy-error} event) or C{plain}.
     """
 
     upstreams: tuple[str, ...] = field(
@@ -316,7 +319,7 @@ class ProxyConfig:
     jitter: bool = False
     max_backoff: float = field(default=30.0, validator=_positive)
     retry_budget: float = field(default=0.2, validator=_fraction)
-    balance: str = field(default="round-robin", validator=_valid_balance)
+    balance: str = field(default="round-robin", validator=_one_of(*BALANCE_CHOICES))
     eject_after: int = field(default=5, validator=_whole_not_negative)
     eject_time: float = field(default=30.0, validator=_positive)
     max_body: int = field(default=100 * 1024 * 1024, validator=_whole_not_negative)
@@ -325,7 +328,7 @@ class ProxyConfig:
     upstream_ca: str | None = field(default=None, validator=_valid_ca)
     admin_listen: str | None = field(default="tcp:9901:interface=127.0.0.1", validator=_valid_optional_text)
     spawn: tuple[str, ...] = field(default=(), converter=tuple)
-    log_format: str = field(default="text", validator=_valid_log_format)
+    log_format: str = field(default="text", validator=_one_of(*LOG_FORMATS))
     access_log: str = field(default="log", validator=_valid_access_log)
     drain_timeout: float = field(default=10.0, validator=_not_negative)
     workers: int = field(default=1, validator=_at_least_one)
@@ -344,8 +347,13 @@ class ProxyConfig:
     require_idempotency_key: tuple[str, ...] = field(default=(), converter=tuple, validator=_valid_rules)
     idempotency_max_per_caller: int = field(default=1000, validator=_at_least_one)
     identity_headers: tuple[str, ...] = field(
-        default=DEFAULT_IDENTITY_HEADERS, converter=_names, validator=_valid_identity_headers
+        default=DEFAULT_IDENTITY_HEADERS, converter=tuple[str, ...], validator=_valid_identity_headers
     )
+    rate_limit: tuple[str, ...] = field(default=(), converter=tuple, validator=_rules_of(rate_rule))
+    max_concurrent: tuple[str, ...] = field(default=(), converter=tuple, validator=_rules_of(slots_rule))
+    rate_limit_store: str = field(default="memory", validator=_valid_store)
+    rate_limit_fail_closed: bool = False
+    sse_errors: str = field(default="event-stream", validator=_one_of("event-stream", "plain"))
 
     @property
     def upstream(self) -> str:

@@ -252,6 +252,36 @@ def wants_html(request: IRequest) -> bool:
     return b"text/html" in accept
 
 
+#: The statuses of the proxy's own errors that an C{EventSource} gets as an event.
+EVENT_STREAM_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def wants_event_stream(request: IRequest) -> bool:
+    """
+    @return: whether the client is an C{EventSource} (C{Accept: text/event-stream}).
+    """
+    accept = b",".join(request.requestHeaders.getRawHeaders(b"accept", [])).lower()
+    return b"text/event-stream" in accept
+
+
+def write_event_stream_error(request: IRequest, error: ProxyError, retry_ms: int) -> None:
+    """
+    Send C{error} to an C{EventSource} as a whole stream, and finish it: 200
+    C{text/event-stream} with C{retry: RETRY_MS}, one C{proxy-error} event
+    whose data is the JSON error body, and the end.  A browser's
+    C{EventSource} closes for good on any other status; on this one it
+    reconnects by itself after C{retry_ms} (the HTML standard, 9.2).
+    """
+    body = b"retry: %d\nevent: proxy-error\ndata: %s\n\n" % (retry_ms, error.to_json())
+    request.setResponseCode(200, b"OK")
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"text/event-stream; charset=utf-8"])
+    headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    headers.setRawHeaders(b"cache-control", [b"no-store"])
+    request.write(body)
+    request.finish()
+
+
 def write_error(request: IRequest, error: ProxyError) -> None:
     """
     Send C{error} as the whole response to C{request} and finish it.

@@ -2,7 +2,7 @@
 Who a request comes from: a digest of the C{--identity-header} values
 (C{Authorization}, C{Cookie} and C{X-Api-Key} by default), else of the
 client's address.  It is computed once per request and shared by every
-per-caller feature (today the Idempotency-Key scope).
+per-caller feature (the Idempotency-Key scope, the rate and concurrency limits).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ from .http._refusal import RefusalListener
 from .idempotency._guard import IdempotencyGuard
 from .idempotency._memory import MemoryStore
 from .idempotency._store import IdempotencyStore, redis_store
+from .limits._gate import Limits
+from .limits._redis import redis_limit_store
+from .limits._store import LimitStore, MemoryLimitStore
 from .ops._access_log import FileSink, access_sink
 from .ops._metrics import Telemetry
 from .resilience._budget import RetryBudget
@@ -119,6 +122,29 @@ def idempotency_guard(
     return guard
 
 
+def rate_limits(config: ProxyConfig, clock: IReactorTime, telemetry: Telemetry) -> Limits | None:
+    """
+    The C{--rate-limit} and C{--max-concurrent} gate of C{config}, its
+    metrics and status registered; L{None} without rules (the default).
+    """
+    if not config.rate_limit and not config.max_concurrent:
+        return None
+    store: LimitStore = MemoryLimitStore(clock)
+    if config.rate_limit_store != "memory":
+        store = redis_limit_store(config.rate_limit_store)
+    longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
+    limits = Limits.of(
+        store,
+        clock,
+        config.rate_limit,
+        config.max_concurrent,
+        slot_ttl=longest + 60,  # a slot of a proxy that died expires
+        fail_closed=config.rate_limit_fail_closed,
+    )
+    telemetry.watch_limits(limits)
+    return limits
+
+
 def build_proxy(
     config: ProxyConfig,
     reactor: Any,
@@ -159,6 +185,7 @@ def build_proxy(
         endpoints=endpoints,
         guard=guard,
         children=children,
+        limits=rate_limits(config, clock, telemetry),
     )
     refusals = RefusalLog(telemetry, access, config.upstream)
     return Proxy(ProxyResource(parts), service, balancer, telemetry, refusals)

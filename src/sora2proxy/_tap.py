@@ -52,6 +52,8 @@ _WORDS = (
     "log-format",
     "access-log",
     "idempotency-store",
+    "rate-limit-store",
+    "sse-errors",
 )
 #: The flags, each the L{ProxyConfig} field of its name.
 _FLAGS = (
@@ -61,6 +63,7 @@ _FLAGS = (
     "preserve-host",
     "allow-underscore-headers",
     "idempotency-fail-closed",
+    "rate-limit-fail-closed",
 )
 #: The numbers, each the L{ProxyConfig} field of its name, in the order they are checked.
 _NUMBERS: tuple[tuple[str, type[float] | type[int]], ...] = (
@@ -112,6 +115,7 @@ class Options(usage.Options):
         ["preserve-host", None, "Send the client's Host header upstream instead of the upstream's."],
         ["allow-underscore-headers", None, "Forward request headers whose names hold '_' (dropped)."],
         ["idempotency-fail-closed", None, "Answer 503 when the idempotency store cannot be reached."],
+        ["rate-limit-fail-closed", None, "Answer 503 when the rate-limit store cannot be reached."],
         [
             "retry-all-methods",
             None,
@@ -187,6 +191,8 @@ class Options(usage.Options):
         ["idempotency-max-entries", None, "10000", "Entries the memory store keeps at most."],
         ["idempotency-max-bytes", None, str(64 * 1024 * 1024), "Bytes the memory store keeps at most."],
         ["idempotency-max-per-caller", None, "1000", "Idempotency entries one caller keeps at most."],
+        ["rate-limit-store", None, "memory", "memory (per process) or redis://HOST:PORT/DB (shared)."],
+        ["sse-errors", None, "event-stream", "event-stream: an EventSource gets errors as an event; plain."],
         ["drain-timeout", None, "10", "Seconds requests in flight get to finish on shutdown."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
     ]
@@ -199,6 +205,8 @@ class Options(usage.Options):
         self["spawn"] = []
         self["require-idempotency-key"] = []
         self["identity-header"] = []
+        self["rate-limit"] = []
+        self["max-concurrent"] = []
         self.config: ProxyConfig | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -225,9 +233,21 @@ class Options(usage.Options):
         """  # noqa: E501
         self["require-idempotency-key"].append(rule)
 
+    def opt_rate_limit(self, rule: str) -> None:
+        """
+        METHOD:PATH-PATTERN=N/PERIOD (PERIOD s, m or h; e.g. POST:/videos=10/m): N such requests per caller per period, in a burst of up to N (repeatable).
+        """  # noqa: E501
+        self["rate-limit"].append(rule)
+
+    def opt_max_concurrent(self, rule: str) -> None:
+        """
+        METHOD:PATH-PATTERN=N (e.g. POST:/videos=2): at most N such requests of one caller in flight (repeatable).
+        """  # noqa: E501
+        self["max-concurrent"].append(rule)
+
     def opt_identity_header(self, name: str) -> None:
         """
-        A header whose value identifies the caller, for Idempotency-Key scopes; repeatable [default: $SORA2PROXY_IDENTITY_HEADERS (comma-separated), else Authorization, Cookie and X-Api-Key].
+        A header whose value identifies the caller, for Idempotency-Key scopes and limits; repeatable [default: $SORA2PROXY_IDENTITY_HEADERS (comma-separated), else Authorization, Cookie and X-Api-Key].
         """  # noqa: E501
         self["identity-header"].append(name)
 
@@ -275,6 +295,8 @@ class Options(usage.Options):
             spawn=tuple(self["spawn"]),
             require_idempotency_key=tuple(self["require-idempotency-key"]),
             identity_headers=self._identity_headers(),
+            rate_limit=tuple(self["rate-limit"]),
+            max_concurrent=tuple(self["max-concurrent"]),
         )
 
     def _fields(self) -> dict[str, Any]:

@@ -77,6 +77,10 @@ _PUBLIC: dict[str, tuple[str, str]] = {
         "The proxy cannot check Idempotency-Keys for a moment; the request was not sent.",
         "Retry after the Retry-After seconds, with the same Idempotency-Key.",
     ),
+    "RATE_LIMIT_STORE_UNAVAILABLE": (
+        "The proxy cannot check rate limits for a moment; the request was not sent.",
+        "Retry after the Retry-After seconds.",
+    ),
 }
 _PUBLIC_DEFAULT = f"Retry later; {_REPORT}"
 
@@ -119,6 +123,11 @@ def suggestion_for(kind: ErrorKind, config: ProxyConfig) -> str:
         "--idempotency-max-per-caller).",
         "IDEMPOTENCY_STORE_UNAVAILABLE": "Check the idempotency store (--idempotency-store); the request "
         "can be retried with the same Idempotency-Key.",
+        "RATE_LIMITED": "Wait the Retry-After seconds before the next request; the RateLimit header says "
+        "how many are left (--rate-limit).",
+        "TOO_MANY_IN_FLIGHT": "Wait for one of this caller's requests in flight to end (--max-concurrent).",
+        "RATE_LIMIT_STORE_UNAVAILABLE": "Check the rate-limit store (--rate-limit-store); the request can be "
+        "retried after the Retry-After seconds.",
     }.get(name, _PUBLIC_DEFAULT)
 
 

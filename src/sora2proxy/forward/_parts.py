@@ -17,6 +17,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory
 
 from .._config import ProxyConfig
 from ..idempotency._guard import IdempotencyGuard
+from ..limits._gate import Limits
 from ..resilience._budget import RetryBudget
 from ..resilience._upstreams import Balancer
 from ._messages import SpawnedChild
@@ -42,6 +43,7 @@ class ProxyParts:
         upgrade is answered 501.
     @ivar guard: Idempotency-Key handling; L{None} passes keys through.
     @ivar children: the C{--spawn} children, named in errors when one exited.
+    @ivar limits: C{--rate-limit} and C{--max-concurrent}; L{None} without rules.
     """
 
     config: ProxyConfig = field(validator=instance_of(ProxyConfig))
@@ -56,6 +58,7 @@ class ProxyParts:
     endpoints: IAgentEndpointFactory | None = None
     guard: IdempotencyGuard | None = field(default=None, validator=optional(instance_of(IdempotencyGuard)))
     children: Sequence[SpawnedChild] = ()
+    limits: Limits | None = field(default=None, validator=optional(instance_of(Limits)))
 
 
 def body_cooperator(clock: IReactorTime) -> Cooperator:

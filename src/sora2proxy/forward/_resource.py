@@ -26,6 +26,7 @@ from .._errors import (
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, put_parsed, request_id_from
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
+from ..limits._gate import Admission, Refusal
 from ..resilience._retry import RetryPolicy
 from ..resilience._upstreams import Upstream
 from ._attempt import Target, body_length, forwarded_headers, split_target
@@ -139,7 +140,8 @@ class ProxyResource:
             self._send(context, target, first, None)
             return
         # The caller's identity, computed once here for every per-caller feature.
-        verdict = self.parts.guard.verdict(request, target.rest, self._identity.of(request))
+        context.caller = self._identity.of(request)
+        verdict = self.parts.guard.verdict(request, target.rest, context.caller)
         verdict.addCallback(self._judged, context, target, first)
         verdict.addErrback(self._respond.internal_error_late, context, 0)
 
@@ -154,6 +156,33 @@ class ProxyResource:
             self._send(context, target, first, verdict)
 
     def _send(self, context: RequestContext, target: Target, first: Upstream, ticket: Ticket | None) -> None:
+        limits = self.parts.limits  # None without rules: the default costs this one check
+        if limits is not None:
+            caller = context.caller or self._identity.of(context.request)
+            checking = limits.admit(context.request.method, target.rest, caller)
+            if checking is not None:
+                checking.addCallback(self._limited, context, target, first, ticket)
+                checking.addErrback(self._respond.internal_error_late, context, 0)
+                return
+        Exchange(self.parts, self._policy, self._respond, context, target, first, ticket).start()
+
+    def _limited(
+        self,
+        outcome: Admission | Refusal,
+        context: RequestContext,
+        target: Target,
+        first: Upstream,
+        ticket: Ticket | None,
+    ) -> None:
+        if isinstance(outcome, Refusal):
+            if ticket is not None:
+                ticket.release()  # not sent: the key is free for the retry
+            outcome.apply(context.request)
+            self._respond.error(
+                context, outcome.kind, outcome.message, 0, outcome.retry_after, suggestion=outcome.suggestion
+            )
+            return
+        outcome.apply(context.request)
         Exchange(self.parts, self._policy, self._respond, context, target, first, ticket).start()
 
     def _tunnel(self, context: RequestContext, rest: bytes, upstream: Upstream) -> None:

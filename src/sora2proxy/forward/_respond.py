@@ -21,7 +21,18 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from .._config import ProxyConfig
-from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from .._errors import (
+    EVENT_STREAM_STATUSES,
+    INTERNAL,
+    ErrorKind,
+    ProxyError,
+    raw_error,
+    sees_internals,
+    wants_event_stream,
+    write_error,
+    write_event_stream_error,
+)
+from .._identity import Identity
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
 
@@ -41,6 +52,7 @@ class RequestContext:
     path: str
     logged: bool = False
     upstream: str | None = None
+    caller: Identity | None = None
 
 
 class Responder:
@@ -90,8 +102,20 @@ class Responder:
         if not client_connected(context.request):
             self.log_access(context, 499, attempts, kind.error_type, upstream)
             return
-        write_error(context.request, self.view(context.request, error))
+        shown = self.view(context.request, error)
+        if self._as_event(context.request, kind):  # the log and metrics keep the real status
+            wait = shown.retry_after if kind.retry_after else self._config.backoff
+            write_event_stream_error(context.request, shown, round(max(1.0, wait) * 1000))
+        else:
+            write_error(context.request, shown)
         self.log_access(context, kind.status, attempts, kind.error_type, upstream)
+
+    def _as_event(self, request: Request, kind: ErrorKind) -> bool:
+        """
+        Whether the error goes to an C{EventSource} as a C{proxy-error} event.
+        """
+        statuses = EVENT_STREAM_STATUSES
+        return kind.status in statuses and self._config.sse_errors != "plain" and wants_event_stream(request)
 
     def make_error(
         self,

@@ -11,7 +11,6 @@ proxy's own; those release the key, so the client's retry is forwarded.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from typing import IO
 
@@ -25,6 +24,7 @@ from twisted.web.server import Request
 
 from .._errors import ErrorKind
 from .._identity import Identity
+from .._rules import path_rule
 from ..http._headers import REQUEST_ID
 from ._store import Entry, IdempotencyStore, StoredResponse, StoreFull, StoreUnavailable
 
@@ -196,12 +196,7 @@ class IdempotencyGuard:
     last_store_error: str = ""
 
     def _required(self, method: bytes, path: bytes) -> bool:
-        text = path.decode("latin-1")
-        for rule in self.required:
-            rule_method, _, pattern = rule.partition(":")
-            if rule_method.upper().encode() == method and fnmatch.fnmatchcase(text, pattern):
-                return True
-        return False
+        return any(path_rule(rule).matches(method, path) for rule in self.required)
 
     def verdict(self, request: Request, rest: bytes, caller: Identity) -> Deferred[Verdict]:
         """

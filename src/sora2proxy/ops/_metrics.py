@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..forward._seams import REPLAYED
 from ._counts import CountedMetrics
+from ._limits_view import LimitsCollector, limits_section
 from ._status import StatusBoard
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
@@ -93,6 +94,13 @@ class Telemetry:
             "lastStoreError": guard.last_store_error,
             "failClosed": guard.fail_closed,
         }
+
+    def watch_limits(self, limits: Any) -> None:
+        """
+        Export C{limits}' refusals and slots in the metrics and on the status page.
+        """
+        self.registry.register(LimitsCollector(limits))
+        self.sections["limits"] = lambda: limits_section(limits)
 
     def watch_ejections(self, ejected: Callable[[], Iterable[tuple[str, bool]]]) -> None:
         """

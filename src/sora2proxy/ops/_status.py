@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
+from ._limits_view import limits_html
 from ._windows import WINDOW, LatencyWindow, WindowCount
 
 #: Seconds over which rates and latencies are computed.
@@ -250,6 +251,7 @@ class="state {e(state.replace(" ", "-"))}">{e(state)}</small>{draining}</h1>
 <h2>Errors by type</h2>
 {_errors_html(data)}
 {_idempotency_html(data.get("idempotency"))}
+{limits_html(data.get("limits"))}
 <p class=none>Same data as JSON: <a href="status.json">status.json</a> &middot;
 <a href="metrics">metrics</a></p>
 </body></html>
