@@ -101,8 +101,14 @@ def request(port: int, method: str, path: str, body: bytes = b"", timeout: float
     return status, error_type
 
 
-def run_soak(seconds: float, clients: int = 4, chaos_every: float = 1.5) -> dict[str, Any]:
-    """Run the soak; returns its report (the caller asserts on it)."""
+def run_soak(
+    seconds: float, clients: int = 4, chaos_every: float = 1.5, min_kills: int = 0
+) -> dict[str, Any]:
+    """
+    Run the soak; returns its report (the caller asserts on it).  It runs on
+    past C{seconds} (by at most 30 s) until the upstream was killed
+    C{min_kills} times: on a busy machine a restart takes longer.
+    """
     workdir = tempfile.mkdtemp(prefix="soak-")
     post_log = os.path.join(workdir, "posts.log")
     env = dict(os.environ, SORA2PROXY_POST_LOG=post_log)
@@ -120,7 +126,8 @@ def run_soak(seconds: float, clients: int = 4, chaos_every: float = 1.5) -> dict
     results: Counter[str] = Counter()
     failures: list[str] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    end = [time.monotonic() + seconds]  # moved later by chaos() until min_kills is reached
+    hard_stop = end[0] + 30
     posts = 0
     try:
         time.sleep(1.0)
@@ -132,7 +139,7 @@ def run_soak(seconds: float, clients: int = 4, chaos_every: float = 1.5) -> dict
             nonlocal posts
             rng = random.Random(seed)
             sent = 0
-            while time.monotonic() < stop:
+            while time.monotonic() < end[0]:
                 kind = rng.choice(["ok"] * 5 + ["slowish", "reset"] + ["post"] * 2)
                 if kind == "post":
                     with lock:
@@ -151,21 +158,25 @@ def run_soak(seconds: float, clients: int = 4, chaos_every: float = 1.5) -> dict
         def chaos() -> None:
             nonlocal upstream
             rng = random.Random(7)
-            while time.monotonic() < stop - 1:
+            kills = 0
+            while time.monotonic() < end[0] - 1:
                 time.sleep(chaos_every * rng.uniform(0.5, 1.5))
                 upstream.send_signal(signal.SIGKILL)
                 upstream.wait()
+                kills += 1
                 with lock:
                     results["upstream killed"] += 1
                 time.sleep(0.5)
                 upstream, _ = start(upstream_argv, r"listening on (\d+)", env)
+                if kills < min_kills:
+                    end[0] = max(end[0], min(hard_stop, time.monotonic() + 1.5 * chaos_every + 1))
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         threads.append(threading.Thread(target=chaos))
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(seconds + 60)
+            thread.join(seconds + 90)
         time.sleep(2.0)  # idle: pooled connections and timers settle
         for _ in range(50):
             request(port, "GET", "/api/proxy/after")
