@@ -25,6 +25,7 @@ LAYER_OF = {
     "_identity": KERNEL,
     "_tap": TOP,
     "_proxy": TOP,
+    "_service": TOP,
     "__init__": TOP,
     "http": "http",
     "resilience": "resilience",

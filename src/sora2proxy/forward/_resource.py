@@ -62,6 +62,12 @@ class ProxyResource:
             optional WebSocket endpoints, Idempotency-Key guard and
             C{--spawn} children (as C{build_proxy} assembles them).
         """
+        self.reconfigure(parts)
+
+    def reconfigure(self, parts: ProxyParts) -> None:
+        """
+        Forward new requests with C{parts}; those in flight keep what they started with.
+        """
         self.parts = parts
         config = self._config = parts.config
         self._clock = parts.clock

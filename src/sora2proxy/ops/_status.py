@@ -250,6 +250,7 @@ class="state {e(state.replace(" ", "-"))}">{e(state)}</small>{draining}</h1>
 <h2>Errors by type</h2>
 {_errors_html(data)}
 {_idempotency_html(data.get("idempotency"))}
+{_config_html(data.get("config"))}
 <p class=none>Same data as JSON: <a href="status.json">status.json</a> &middot;
 <a href="metrics">metrics</a></p>
 </body></html>
@@ -332,6 +333,14 @@ def _errors_html(data: dict[str, Any]) -> str:
 
 def _via(upstream: str) -> str:
     return f" &middot; {html.escape(upstream)}" if upstream else " &middot; not sent upstream"
+
+
+def _config_html(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    path = html.escape(section["path"] or "the command line (no --config)")
+    when = html.escape(_when(section["loadedAt"]))
+    return f"<p id=config>Configuration: <code>{path}</code>, loaded {when} (UTC)</p>"
 
 
 def _idempotency_html(section: dict[str, Any] | None) -> str:
