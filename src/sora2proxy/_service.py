@@ -45,19 +45,7 @@ def build_service(
     """
     top = _Top(config.log_format)
     if config.workers > 1 and config.worker_index is None:
-        # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
-        fatal = ExitOnce(reactor)
-        workers = []
-        for index in range(config.workers):
-            command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
-            worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
-            worker.setServiceParent(top)  # type: ignore[no-untyped-call]
-            workers.append(worker)
-        # Each worker re-reads the configuration itself.
-        passed_on = ReloadOnHangup(reactor, lambda: _hangup(workers))
-        passed_on.setServiceParent(top)  # type: ignore[no-untyped-call]
-        for spec in config.spawn:
-            SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+        _workers(config, reactor, top)
         return top
     children = [SpawnedCommand(spec, reactor) for spec in config.spawn]
     proxy = build_proxy(config, reactor, children=children)
@@ -83,6 +71,25 @@ def build_service(
         bind("--listen", description, reactor, site).setServiceParent(listeners)
     listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
+
+
+def _workers(config: ProxyConfig, reactor: Any, top: _Top) -> None:
+    """
+    The parent of C{--workers}: the workers, to which it passes SIGHUP
+    (each re-reads the configuration itself), and the C{--spawn} children.
+    """
+    # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
+    fatal = ExitOnce(reactor)
+    workers = []
+    for index in range(config.workers):
+        command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
+        worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
+        worker.setServiceParent(top)  # type: ignore[no-untyped-call]
+        workers.append(worker)
+    passed_on = ReloadOnHangup(reactor, lambda: _hangup(workers))
+    passed_on.setServiceParent(top)  # type: ignore[no-untyped-call]
+    for spec in config.spawn:
+        SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
 
 
 def _hangup(workers: list[SpawnedCommand]) -> None:

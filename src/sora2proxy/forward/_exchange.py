@@ -131,6 +131,7 @@ class Exchange:
             bool(request.isSecure()),
             config.preserve_host,
             config.allow_underscore_headers,
+            self.context.trace,
         )
         return RequestRouter(
             self._parts.balancer,

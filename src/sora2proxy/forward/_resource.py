@@ -25,6 +25,7 @@ from .._errors import (
 )
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, request_id_from
+from ..http._trace import trace_of
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..resilience._retry import RetryPolicy
 from ..resilience._upstreams import Upstream
@@ -105,6 +106,7 @@ class ProxyResource:
             self._clock.seconds(),
             request.method,
             request.uri.decode("latin-1"),
+            trace=trace_of(request.requestHeaders),
         )
         try:
             self._forward(context)
@@ -171,7 +173,12 @@ class ProxyResource:
         secure = bool(request.isSecure())
         config = self._config
         headers = forwarded_headers(
-            request, context.request_id, secure, config.preserve_host, config.allow_underscore_headers
+            request,
+            context.request_id,
+            secure,
+            config.preserve_host,
+            config.allow_underscore_headers,
+            context.trace,
         )
 
         def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:

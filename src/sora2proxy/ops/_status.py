@@ -88,6 +88,7 @@ class StatusBoard:
         request_id: str,
         upstream: str,
         seconds: float = 0.0,
+        trace_id: str = "",
     ) -> None:
         """
         A request was answered in C{seconds}; C{error_type} is empty unless
@@ -101,6 +102,7 @@ class StatusBoard:
             latest = {
                 "time": now,
                 "requestId": request_id,
+                "traceId": trace_id,
                 "method": method,
                 "path": path.partition("?")[0][:200],
                 "status": status,
@@ -320,6 +322,7 @@ def _errors_html(data: dict[str, Any]) -> str:
         f"<td class=n>{g['total']}</td><td>{e(_when(g['latest']['time']))}</td>"
         f"<td>{g['latest']['status']} &middot; {e(g['latest']['method'])} {e(g['latest']['path'])}"
         f'<div class="why">request id <code>{e(g["latest"]["requestId"])}</code>'
+        f"{_trace(g['latest'].get('traceId', ''))}"
         f"{_via(g['latest']['upstream'])}</div></td></tr>"
         for g in errors["groups"][:20]
     )
@@ -329,6 +332,10 @@ def _errors_html(data: dict[str, Any]) -> str:
         f"<table id=errors-by-type><tr><th>errorType</th><th class=n>last {window}</th>"
         f"<th class=n>since start</th><th>latest (UTC)</th><th>latest example</th></tr>{rows}</table>"
     )
+
+
+def _trace(trace_id: str) -> str:
+    return f" &middot; trace <code>{html.escape(trace_id)}</code>" if trace_id else ""
 
 
 def _via(upstream: str) -> str:
