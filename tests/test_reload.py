@@ -165,3 +165,17 @@ class StatusPageTests(SynchronousTestCase):
         reloader.reload()
         page = Admin(proxy.telemetry, proxy.balancer).status(DummyRequest([b"status"])).decode()
         self.assertIn("loaded 01:03:05 (UTC)", page)
+
+
+class SiteReloadTests(SynchronousTestCase):
+    def test_new_connections_get_new_limits(self) -> None:
+        """After a reload, new connections get the new head and idle timeouts and body limit."""
+        from twisted.internet.address import IPv4Address
+
+        from sora2proxy.http._site import ProxySite
+
+        site = ProxySite(None, ProxyConfig(upstream=A), reactor=MemoryReactorClock())
+        site.reconfigure(ProxyConfig(upstream=A, header_timeout=2.0, idle_timeout=7.0, max_body=10))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        self.assertEqual((channel.header_timeout, channel.timeOut), (2.0, 7.0))
+        self.assertEqual(site.config.max_body, 10)

@@ -14,6 +14,7 @@ import signal
 import socket
 import tempfile
 import threading
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,6 +96,14 @@ def open_websocket(port: int) -> socket.socket:
     return sock
 
 
+def post(url: str, body: bytes) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def echoed(sock: socket.socket, data: bytes) -> bytes:
     sock.sendall(data)
     got = b""
@@ -129,11 +138,12 @@ class ReloadLoopbackTests(SynchronousTestCase):
         thread.start()
         self.assertTrue(eventually(lambda: "/api/slow" in a.paths))
 
-        self.write(f'upstream = ["{b.url}"]\nadmin-listen = "none"\nhealth-path = ""\nattempts = 2\n')
+        self.write(f'upstream = ["{b.url}"]\nadmin-listen = "none"\nhealth-path = ""\nmax-body = 10\n')
         proxy.process.send_signal(signal.SIGHUP)
         proxy.wait_for(r"Configuration reloaded from .*sora2proxy\.toml")
         self.assertEqual(get(base + "/after")[2], b"B")
         self.assertEqual(get(base + "/after")[2], b"B")
+        self.assertEqual(post(base + "/upload", b"x" * 11), 413)  # the new --max-body
 
         a.release.set()
         thread.join(10)

@@ -67,6 +67,7 @@ def build_service(
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor, refusals=proxy.refusals)
     bind = listen_now if config.worker_index is None else listen_shared_now
+    reloader.register(site)
     for description in listen:
         bind("--listen", description, reactor, site).setServiceParent(listeners)
     listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
