@@ -55,6 +55,21 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual(self.part.configs, [ProxyConfig(upstream=B, attempts=5)])
         self.assertEqual(self.reloader.snapshot(), {"path": "/etc/sora2proxy.toml", "loadedAt": 105})
 
+    def test_failing_part_isolated(self) -> None:
+        """A part that fails on a reload is logged; the parts after it still get the configuration."""
+
+        class Broken:
+            def reconfigure(self, config: ProxyConfig) -> None:
+                raise RuntimeError("bug")
+
+        reloader = Reloader(self.load, self.reloader.current, None, self.clock)
+        reloader.register(Broken())
+        reloader.register(self.part)
+        self.next = Loaded(ProxyConfig(upstream=B), ("tcp:3200",))
+        self.assertTrue(reloader.reload())
+        self.assertEqual(self.part.configs, [ProxyConfig(upstream=B)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_broken_changes_nothing(self) -> None:
         """A broken configuration changes nothing and is one error line saying why."""
         self.clock.advance(5)

@@ -31,6 +31,7 @@ from .idempotency._memory import MemoryStore
 from .idempotency._store import IdempotencyStore, redis_store
 from .ops._access_log import FileSink, access_sink
 from .ops._metrics import Telemetry
+from .ops._reload import Reloadable
 from .resilience._budget import RetryBudget
 from .resilience._health import HealthMonitor, HealthState
 from .resilience._upstreams import Balancer, Upstream, upstream_for
@@ -61,7 +62,7 @@ class Proxy:
     balancer: Balancer
     telemetry: Telemetry
     refusals: RefusalListener | None = None
-    live: _LiveParts | None = None
+    reloadables: tuple[Reloadable, ...] = ()
 
     def reconfigure(self, config: ProxyConfig) -> None:
         """
@@ -70,8 +71,8 @@ class Proxy:
         configuration they started with.  The fields that
         L{sora2proxy.ops._reload.RELOADABLE} does not name are not applied.
         """
-        if self.live is not None:
-            self.live.reconfigure(config)
+        for part in self.reloadables:
+            part.reconfigure(config)
 
     @property
     def health(self) -> HealthState | None:
@@ -174,7 +175,10 @@ def build_proxy(
     )
     refusals = RefusalLog(telemetry, access, config.upstream)
     resource = ProxyResource(parts)
-    return Proxy(resource, service, balancer, telemetry, refusals, _LiveParts(resource, upstreams))
+    # What a reload changes, in order; a new component that takes a reload
+    # (a Reloadable: reconfigure(config)) is added here, before the parts swap.
+    reloadables: tuple[Reloadable, ...] = (upstreams, _LiveParts(resource))
+    return Proxy(resource, service, balancer, telemetry, refusals, reloadables)
 
 
 def _pooled_client(
@@ -255,15 +259,13 @@ class _LiveUpstreams:
 @define
 class _LiveParts:
     """
-    What a reload changes: the upstreams, and the resource's parts (new
-    requests read them when they start).
+    The resource's parts, swapped by a reload (new requests read them when
+    they start): the configuration, the budget's and guard's settings.
     """
 
     _resource: ProxyResource
-    _upstreams: _LiveUpstreams
 
     def reconfigure(self, config: ProxyConfig) -> None:
-        self._upstreams.reconfigure(config)
         parts = self._resource.parts
         parts.budget.fraction = config.retry_budget
         guard = parts.guard

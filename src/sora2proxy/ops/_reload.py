@@ -128,7 +128,10 @@ class Reloader:
             return False
         config = self._keep_restart_only(loaded)
         for part in self._parts:
-            part.reconfigure(config)
+            try:
+                part.reconfigure(config)
+            except Exception:  # a bug in one part: the others still get the configuration
+                self.log.failure("Reload failed in {part!r}", part=part)
         self.current = Loaded(config, self.current.listen)
         self.loaded_at = self._clock.seconds()
         self.log.info("Configuration reloaded from {path}", path=where)
