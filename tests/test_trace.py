@@ -145,3 +145,16 @@ class TraceLoopbackTests(LoopbackMixin, TestCase):
 
         page = Admin(proxy.telemetry, proxy.balancer).status(DummyRequest([b"status"])).decode()
         self.assertIn(f"trace <code>{TRACE}</code>", page)
+
+    @inlineCallbacks
+    def test_missing_starts_trace(self) -> Any:
+        """Without a traceparent the upstream gets a new one, and a lone tracestate is dropped."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        proxy_url, _ = self.start_proxy(upstream=url, health_path="")
+        headers = Headers({b"tracestate": [b"congo=t61rcWkgMzE"]})
+        yield self.fetch(b"GET", proxy_url + "/api/proxy/a", headers=headers)
+        [seen] = upstream.seen
+        [sent] = seen.headers.getRawHeaders(b"traceparent")
+        self.assertRegex(sent.decode(), r"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z")
+        self.assertIsNone(seen.headers.getRawHeaders(b"tracestate"))
