@@ -371,7 +371,8 @@ class BrowserStatesTests(LoopbackMixin, TestCase):
         self.assertRegex(serving, r"all requests \(arrival to last byte\) 7 [0-9.]+ ms [0-9.]+ ms [0-9.]+ ms")
         self.assertRegex(serving, rf"tries to {url_a} \(sent to response headers\) 2 [0-9.]+ ms")
         self.assertRegex(
-            serving, r"NOT_FOUND 3 3 \d\d:\d\d:\d\d 404 · GET /nowhere\nrequest id \w+ · not sent upstream"
+            serving,
+            r"NOT_FOUND 3 3 \d\d:\d\d:\d\d 404 · GET /nowhere\nrequest id \w+ · trace \w+ · not sent upstream",
         )
         self.assertNotIn("s3cret", serving)
 

@@ -352,7 +352,8 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(answer["error"], "Backend unavailable")
         self.assertEqual((details["errorType"], details["attempts"]), ("ECONNREFUSED", 3))
         self.assertEqual(
-            set(details), {"errorType", "attempts", "durationMs", "suggestion", "requestId", "retryable"}
+            set(details),
+            {"errorType", "attempts", "durationMs", "suggestion", "requestId", "traceId", "retryable"},
         )
         self.assertEqual(
             details["suggestion"],

@@ -26,6 +26,7 @@ LAYER_OF = {
     "_rules": KERNEL,
     "_tap": TOP,
     "_proxy": TOP,
+    "_service": TOP,
     "__init__": TOP,
     "http": "http",
     "resilience": "resilience",

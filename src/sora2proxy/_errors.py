@@ -39,6 +39,7 @@ PUBLIC_DETAILS = frozenset(
         "durationMs",
         "suggestion",
         "requestId",
+        "traceId",
         "retryable",
         "retryBudgetExhausted",
         "outcomeUnknown",

@@ -9,7 +9,8 @@ import random as _random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from attrs import frozen
+import attrs
+from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -33,9 +34,10 @@ from .limits._redis import redis_limit_store
 from .limits._store import LimitStore, MemoryLimitStore
 from .ops._access_log import FileSink, access_sink
 from .ops._metrics import Telemetry
+from .ops._reload import Reloadable
 from .resilience._budget import RetryBudget
 from .resilience._health import HealthMonitor, HealthState
-from .resilience._upstreams import Balancer, balancer_for
+from .resilience._upstreams import Balancer, Upstream, upstream_for
 
 #: Idle upstream connections kept per host: enough for the concurrency of a
 #: busy process (Twisted's default, 2, opens a new connection per request).
@@ -63,6 +65,17 @@ class Proxy:
     balancer: Balancer
     telemetry: Telemetry
     refusals: RefusalListener | None = None
+    reloadables: tuple[Reloadable, ...] = ()
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """
+        Forward new requests with C{config} (upstreams, retries, timeouts,
+        limits, Idempotency-Key rules); requests in flight finish with the
+        configuration they started with.  The fields that
+        L{sora2proxy.ops._reload.RELOADABLE} does not name are not applied.
+        """
+        for part in self.reloadables:
+            part.reconfigure(config)
 
     @property
     def health(self) -> HealthState | None:
@@ -108,12 +121,11 @@ def idempotency_guard(
             max_per_caller=config.idempotency_max_per_caller,
             answer_ttl=config.idempotency_ttl,
         )
-    longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
     guard = IdempotencyGuard(
         store,
         clock,
         ttl=config.idempotency_ttl,
-        in_flight_ttl=longest + 60,
+        in_flight_ttl=_longest(config) + 60,
         max_body=config.idempotency_max_body,
         fail_closed=config.idempotency_fail_closed,
         required=config.require_idempotency_key,
@@ -132,13 +144,12 @@ def rate_limits(config: ProxyConfig, clock: IReactorTime, telemetry: Telemetry) 
     store: LimitStore = MemoryLimitStore(clock)
     if config.rate_limit_store != "memory":
         store = redis_limit_store(config.rate_limit_store)
-    longest = config.deadline or config.attempts * (config.timeout + config.max_backoff)
     limits = Limits.of(
         store,
         clock,
         config.rate_limit,
         config.max_concurrent,
-        slot_ttl=longest + 60,  # a slot of a proxy that died expires
+        slot_ttl=_longest(config) + 60,  # a slot of a proxy that died expires
         fail_closed=config.rate_limit_fail_closed,
     )
     telemetry.watch_limits(limits)
@@ -168,7 +179,8 @@ def build_proxy(
     endpoints = UpstreamEndpoints(reactor, tls_policy(config.upstream_ca))
     if agent is None:
         agent = _pooled_client(config, clock, endpoints, service)
-    balancer = _watched_upstreams(config, clock, agent, telemetry, service)
+    upstreams = _LiveUpstreams(config, clock, agent, telemetry, service)
+    balancer = upstreams.balancer
     budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
     access = _access_log(config, clock, service)
@@ -188,7 +200,12 @@ def build_proxy(
         limits=rate_limits(config, clock, telemetry),
     )
     refusals = RefusalLog(telemetry, access, config.upstream)
-    return Proxy(ProxyResource(parts), service, balancer, telemetry, refusals)
+    resource = ProxyResource(parts)
+    # What a reload changes, in order; a new component that takes a reload
+    # (a Reloadable: reconfigure(config)) is added here, before the parts swap.
+    live = _LiveParts(resource, lambda config: rate_limits(config, clock, telemetry))
+    reloadables: tuple[Reloadable, ...] = (upstreams, live)
+    return Proxy(resource, service, balancer, telemetry, refusals, reloadables)
 
 
 def _pooled_client(
@@ -204,28 +221,114 @@ def _pooled_client(
     return client
 
 
-def _watched_upstreams(
-    config: ProxyConfig, clock: IReactorTime, agent: IAgent, telemetry: Telemetry, service: MultiService
-) -> Balancer:
+@define
+class _LiveUpstreams:
     """
-    The upstreams of C{config}, each with its health monitor (a child of
-    C{service}) where checks are on, their ejections exported as metrics.
+    The upstreams of the configuration in use, in one L{Balancer}, each
+    with its health monitor (a child of C{service}) where checks are on;
+    their ejections and health exported as metrics.
     """
-    healths: list[HealthState | None] = []
-    for url in config.upstreams:
+
+    _config: ProxyConfig
+    _clock: IReactorTime
+    _agent: IAgent
+    _telemetry: Telemetry
+    _service: MultiService
+    balancer: Balancer = field(init=False)
+    _monitors: dict[str, HealthMonitor] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        config = self._config
+        upstreams = [self._upstream(config, url) for url in config.upstreams]
+        balancer = self.balancer = Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
+        self._telemetry.watch_ejections(lambda: [(u.url, u.ejection.ejected) for u in balancer.upstreams])
+        self._telemetry.watch_health(lambda: [(u.url, u.snapshot()["health"]) for u in balancer.upstreams])
+
+    def _upstream(self, config: ProxyConfig, url: str) -> Upstream:
         health: HealthState | None = None
         health_url = config.health_url_of(url)
         if health_url is not None:
-            health = HealthState(clock, url)
+            health = HealthState(self._clock, url)
             monitor = HealthMonitor(
-                health, clock, agent, health_url, config.health_interval, config.health_timeout, telemetry
+                health,
+                self._clock,
+                self._agent,
+                health_url,
+                config.health_interval,
+                config.health_timeout,
+                self._telemetry,
             )
-            monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
-        healths.append(health)
-    balancer = balancer_for(config, clock, healths)
-    telemetry.watch_ejections(lambda: [(u.url, u.ejection.ejected) for u in balancer.upstreams])
-    telemetry.watch_health(lambda: [(u.url, u.snapshot()["health"]) for u in balancer.upstreams])
-    return balancer
+            monitor.setServiceParent(self._service)  # type: ignore[no-untyped-call]
+            self._monitors[url] = monitor
+        return upstream_for(config, self._clock, url, health)
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """
+        Use the upstreams of C{config}: one kept (its health and ejection
+        state with it) where its URL and its checks are unchanged, else
+        built anew; the monitors of the others stop.  A request in flight
+        keeps the upstream it was sent to.
+        """
+        checks = ("health_path", "health_interval", "health_timeout", "eject_after", "eject_time")
+        same = all(getattr(self._config, name) == getattr(config, name) for name in checks)
+        old = {u.url: u for u in self.balancer.upstreams}
+        kept = {url: old[url] for url in config.upstreams if same and url in old}
+        for url in old.keys() - kept.keys():
+            monitor = self._monitors.pop(url, None)
+            if monitor is not None:
+                monitor.disownServiceParent()  # type: ignore[no-untyped-call]
+        upstreams = [kept.get(url) or self._upstream(config, url) for url in config.upstreams]
+        self.balancer.upstreams = upstreams
+        self.balancer.least_in_flight = config.balance == "least-in-flight"
+        self._config = config
+
+
+@define
+class _LiveParts:
+    """
+    The resource's parts, swapped by a reload (new requests read them when
+    they start): the configuration, the budget's and guard's settings.
+    """
+
+    _resource: ProxyResource
+    _new_limits: Callable[[ProxyConfig], Limits | None]
+    _gate: Limits | None = field(default=None, init=False)
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        parts = self._resource.parts
+        parts.budget.fraction = config.retry_budget
+        guard = parts.guard
+        if guard is not None:
+            guard.ttl = config.idempotency_ttl
+            guard.in_flight_ttl = _longest(config) + 60
+            guard.max_body = config.idempotency_max_body
+            guard.fail_closed = config.idempotency_fail_closed
+            guard.required = config.require_idempotency_key
+        self._resource.reconfigure(
+            attrs.evolve(parts, config=config, limits=self._limits(parts.limits, config))
+        )
+
+    def _limits(self, limits: Limits | None, config: ProxyConfig) -> Limits | None:
+        # One gate for the proxy's life (its metrics are registered once):
+        # made at the first rule, its rules replaced after; None without rules.
+        self._gate = limits or self._gate
+        if not config.rate_limit and not config.max_concurrent:
+            return None
+        if self._gate is None:
+            self._gate = self._new_limits(config)
+            return self._gate
+        slot_ttl = _longest(config) + 60
+        self._gate.reconfigure(
+            config.rate_limit, config.max_concurrent, slot_ttl, config.rate_limit_fail_closed
+        )
+        return self._gate
+
+
+def _longest(config: ProxyConfig) -> float:
+    """
+    The longest a request may take, tries and waits included.
+    """
+    return config.deadline or config.attempts * (config.timeout + config.max_backoff)
 
 
 def _access_log(config: ProxyConfig, clock: IReactorTime, service: MultiService) -> AccessSink:

@@ -15,7 +15,6 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from ._config import (
@@ -25,13 +24,11 @@ from ._config import (
     UnreadableFile,
     upstream_from_environment,
 )
-from ._proxy import build_proxy
-from .http._site import ProxySite, QuietSite
-from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
-from .ops._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
-from .ops._logs import JSONLinesObserver
-from .ops._spawn import SpawnedCommand
-from .ops._workers import reuseport_tcp, sora2proxy_args, worker_command
+from ._service import build_service
+from .ops._config_file import arguments_from_file
+from .ops._listening import check_port_range, exit_at_startup
+from .ops._reload import Loaded
+from .ops._workers import reuseport_tcp
 
 
 def _number(option: str, text: str, kind: type[float] | type[int] = float) -> Any:
@@ -195,11 +192,17 @@ class Options(usage.Options):
         ["sse-errors", None, "event-stream", "event-stream: an EventSource gets errors as an event; plain."],
         ["drain-timeout", None, "10", "Seconds requests in flight get to finish on shutdown."],
         ["eject-time", None, "30", "First cool-down of an ejected upstream (doubles, up to 300 s)."],
+        ["config", None, None, "TOML file of options (command line and environment win); re-read on SIGHUP."],
     ]
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, *, strict: bool = False) -> None:
+        """
+        @param strict: raise L{ConfigError} for a bad value (a reload) rather than exit.
+        """
         super().__init__()  # type: ignore[no-untyped-call]
-        self._environ = os.environ if environ is None else environ
+        self.environ = self._environ = os.environ if environ is None else environ
+        self._strict = strict
+        self.argv: list[str] = []
         self["listen"] = []
         self["upstream"] = []
         self["spawn"] = []
@@ -257,23 +260,54 @@ class Options(usage.Options):
         listed = self._environ.get("SORA2PROXY_IDENTITY_HEADERS", "")
         return tuple(n.strip() for n in listed.split(",") if n.strip()) or DEFAULT_IDENTITY_HEADERS
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(self.argv)  # type: ignore[no-untyped-call]
+
     def postOptions(self) -> None:
+        if self._strict:
+            self._check()
+            return
         try:
-            self.config = self.to_config()
-            for endpoint in self.listen:
-                _check_endpoint(endpoint)
-            if self.config.workers > 1 or self.config.worker_index is not None:
-                for endpoint in self.listen:
-                    reuseport_tcp(endpoint)
-            if self.config.admin_listen is not None:
-                _check_endpoint(self.config.admin_listen, "--admin-listen")
-                if self.config.admin_listen in self.listen and not _any_port(self.config.admin_listen):
-                    raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
+            self._check()
         except UnreadableFile as e:
             exit_at_startup(e)  # one line, status 78, as for a port that cannot be bound
-        except ConfigError as e:
+        except (ConfigError, usage.UsageError) as e:
             # One line naming the option, not twistd's usage text or a traceback.
             raise SystemExit(f"sora2proxy: error: {e}") from None
+
+    def _check(self) -> None:
+        """
+        Read the C{--config} file, then validate everything.
+
+        @raise ConfigError: a bad value.
+        """
+        if self["config"] is not None and not self.get("from-file"):
+            self._merge_file(self["config"])
+            return
+        self.config = self.to_config()
+        for endpoint in self.listen:
+            _check_endpoint(endpoint)
+        if self.config.workers > 1 or self.config.worker_index is not None:
+            for endpoint in self.listen:
+                reuseport_tcp(endpoint)
+        if self.config.admin_listen is not None:
+            _check_endpoint(self.config.admin_listen, "--admin-listen")
+            if self.config.admin_listen in self.listen and not _any_port(self.config.admin_listen):
+                raise ConfigError("--admin-listen", "must not be one of the public --listen endpoints")
+
+    def _merge_file(self, path: str) -> None:
+        """
+        Parse the file's options followed by the command line's (the last
+        value of an option wins), in an L{Options} whose values become these.
+        """
+        arguments = arguments_from_file(path, self, self._environ, starting=not self._strict)
+        merged = Options(self._environ, strict=True)
+        merged["from-file"] = True
+        merged.parseOptions([*arguments, *self.argv])
+        argv = self.argv
+        self.update(merged)
+        self.config, self.argv = merged.config, argv
 
     @property
     def listen(self) -> list[str]:
@@ -328,61 +362,18 @@ def _check_endpoint(description: str, option: str = "--listen") -> None:
         raise ConfigError(option, f"{description!r} is not a usable endpoint ({e})") from None
 
 
-def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IService:
+def reread(argv: list[str], environ: Mapping[str, str]) -> Loaded:
     """
-    The whole proxy as one service, its ports already bound.  Its children stop one after another,
-    last first: the public listeners drain, then the proxy (health monitors,
-    pool), then the spawned commands, then the admin port (which answers
-    C{/ready} 503 throughout the drain).
+    The configuration of C{argv} and C{environ} read again (the
+    C{--config} file with it), for a reload.
 
-    @raise ConfigError: a port cannot be bound.
+    @raise ConfigError: a bad value.
+    @raise usage.UsageError: a bad command line.
     """
-    top = _Top(config.log_format)
-    if config.workers > 1 and config.worker_index is None:
-        # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
-        fatal = ExitOnce(reactor)
-        for index in range(config.workers):
-            command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
-            worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
-            worker.setServiceParent(top)  # type: ignore[no-untyped-call]
-        for spec in config.spawn:
-            SpawnedCommand(spec, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
-        return top
-    children = [SpawnedCommand(spec, reactor) for spec in config.spawn]
-    proxy = build_proxy(config, reactor, children=children)
-    if config.admin_listen is not None:
-        # Klein imports the global reactor: only here, after twistd installed it.
-        from .ops._admin import Admin
-
-        admin = Admin(proxy.telemetry, proxy.balancer)
-        admin_site = QuietSite(admin.resource(), reactor=reactor)
-        listen_now("--admin-listen", config.admin_listen, reactor, admin_site).setServiceParent(top)
-    for child in children:
-        child.setServiceParent(top)  # type: ignore[no-untyped-call]
-    proxy.service.setServiceParent(top)
-    listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
-    site = ProxySite(proxy.resource, config, reactor=reactor, refusals=proxy.refusals)
-    bind = listen_now if config.worker_index is None else listen_shared_now
-    for description in listen:
-        bind("--listen", description, reactor, site).setServiceParent(listeners)
-    listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
-    return top
-
-
-class _Top(StopInOrder):
-    """
-    The service twistd runs; with C{--log-format json} it gives the
-    application a JSON-lines log observer (twistd's hook for one).
-    """
-
-    def __init__(self, log_format: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._log_format = log_format
-
-    def setServiceParent(self, parent: Any) -> None:
-        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
-        if self._log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, JSONLinesObserver(sys.stdout))
+    options = Options(environ, strict=True)
+    options.parseOptions(argv)
+    assert options.config is not None
+    return Loaded(options.config, tuple(options.listen))
 
 
 def makeService(options: Options) -> IService:
@@ -392,7 +383,10 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None
+    argv, environ = options.argv, options.environ
     try:
-        return build_service(options.config, options.listen, reactor)
+        return build_service(
+            options.config, options.listen, reactor, lambda: reread(argv, environ), options["config"]
+        )
     except (ValueError, OSError) as e:  # ConfigError for a port that cannot be bound
         exit_at_startup(e)

@@ -30,6 +30,7 @@ from ..http._headers import (
     forwarded_element,
     headers_of,
 )
+from ..http._trace import TRACEPARENT, TRACESTATE, Trace
 
 #: Bodies up to this size are written to the upstream in one go.
 SMALL_BODY = 64 * 1024
@@ -174,6 +175,7 @@ def forwarded_headers(
     secure: bool,
     preserve_host: bool = False,
     allow_underscore: bool = False,
+    trace: Trace | None = None,
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers, in order,
@@ -210,4 +212,8 @@ def forwarded_headers(
             fields[b"host"] = (b"Host", [host])
     append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
     append(b"via", b"Via", VIA)
+    if trace is not None:  # the client's traceparent replaced; its tracestate kept only with a valid one
+        fields[TRACEPARENT] = (b"traceparent", [trace.traceparent])
+        if not trace.continued:
+            fields.pop(TRACESTATE, None)
     return headers_of(fields)

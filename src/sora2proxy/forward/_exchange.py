@@ -132,6 +132,7 @@ class Exchange:
             secure,
             config.preserve_host,
             config.allow_underscore_headers,
+            self.context.trace,
         )
         return RequestRouter(
             self._parts.balancer,

@@ -25,6 +25,7 @@ from .._errors import (
 )
 from .._identity import IdentityRule
 from ..http._headers import REQUEST_ID, put_parsed, request_id_from
+from ..http._trace import trace_of
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..limits._gate import Admission, Refusal
 from ..resilience._retry import RetryPolicy
@@ -63,6 +64,12 @@ class ProxyResource:
             optional WebSocket endpoints, Idempotency-Key guard and
             C{--spawn} children (as C{build_proxy} assembles them).
         """
+        self.reconfigure(parts)
+
+    def reconfigure(self, parts: ProxyParts) -> None:
+        """
+        Forward new requests with C{parts}; those in flight keep what they started with.
+        """
         self.parts = parts
         config = self._config = parts.config
         self._clock = parts.clock
@@ -100,6 +107,7 @@ class ProxyResource:
             self._clock.seconds(),
             request.method,
             request.uri.decode("latin-1"),
+            trace=trace_of(request.requestHeaders),
         )
         try:
             self._forward(context)
@@ -194,7 +202,12 @@ class ProxyResource:
         secure = bool(request.isSecure())
         config = self._config
         headers = forwarded_headers(
-            request, context.request_id, secure, config.preserve_host, config.allow_underscore_headers
+            request,
+            context.request_id,
+            secure,
+            config.preserve_host,
+            config.allow_underscore_headers,
+            context.trace,
         )
 
         def answer(kind: ErrorKind, reason: str, tries: int) -> bytes:

@@ -33,6 +33,7 @@ from .._errors import (
     write_event_stream_error,
 )
 from .._identity import Identity
+from ..http._trace import Trace
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
 
@@ -53,6 +54,7 @@ class RequestContext:
     logged: bool = False
     upstream: str | None = None
     caller: Identity | None = None
+    trace: Trace | None = None
 
 
 class Responder:
@@ -145,7 +147,7 @@ class Responder:
             upstream=upstream or ", ".join(self._config.upstreams),
             request_id=context.request_id,
             retry_after=math.ceil(retry_after),
-            extra=extra or {},
+            extra=_traced(extra or {}, context.trace),
         )
         self.log.emit(
             LogLevel.warn if kind.status >= 500 else LogLevel.info,
@@ -221,6 +223,7 @@ class Responder:
             return
         context.logged = True
         elapsed = self._clock.seconds() - context.started
+        trace_id = "" if context.trace is None else context.trace.trace_id
         self.telemetry.request_finished(
             context.method.decode("latin-1"),
             context.path,
@@ -229,6 +232,7 @@ class Responder:
             elapsed,
             context.request_id,
             upstream or "",  # the status page names no upstream for a request never sent
+            trace_id,
         )
         record_access(
             self._access,
@@ -240,7 +244,15 @@ class Responder:
             error_type,
             context.request_id,
             upstream or self._config.upstream,
+            trace_id,
         )
+
+
+def _traced(extra: dict[str, Any], trace: Trace | None) -> dict[str, Any]:
+    """
+    An error's details with its C{traceId}.
+    """
+    return extra if trace is None else {**extra, "traceId": trace.trace_id}
 
 
 def client_connected(request: Request) -> bool:

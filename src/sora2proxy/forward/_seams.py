@@ -63,15 +63,17 @@ def record_access(
     error_type: str,
     request_id: str,
     upstream: str,
+    trace_id: str = "",
 ) -> None:
     """
     Write one request's access line to C{sink}, every text field escaped
-    (the method and path are the client's bytes).
+    (the method and path are the client's bytes); C{trace_id} is its W3C trace's.
     """
     method, path, error_type, request_id = map(escaped, (method, path, error_type, request_id))
     duration_ms = round(seconds * 1000)
     sink.record(
-        f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}",
+        f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}"
+        + (f" trace={trace_id}" if trace_id else ""),
         {
             "method": method,
             "path": path,
@@ -81,6 +83,7 @@ def record_access(
             "error_type": error_type,
             "request_id": request_id,
             "upstream": escaped(upstream),
+            "trace_id": trace_id,
         },
     )
 
@@ -110,6 +113,7 @@ class RequestTelemetry(Protocol):
         seconds: float,
         request_id: str,
         upstream: str,
+        trace_id: str = "",
     ) -> None:
         """
         A request was answered (or its client left): C{error_type} is empty,

@@ -164,6 +164,14 @@ class ProxySite(QuietSite):
         self.refusals = refusals
         self.timeOut = config.idle_timeout or None
 
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """
+        Use C{config} (a reload): its body limit for new requests, its head
+        and idle timeouts and header rules for new connections.
+        """
+        self.config = config
+        self.timeOut = config.idle_timeout or None
+
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         channel.header_timeout = self.config.header_timeout

@@ -138,13 +138,26 @@ class Limits:
         """
         The limits of the C{--rate-limit} and C{--max-concurrent} rules as written.
         """
-        made = cls(store, clock, tuple(map(rate_rule, rates)), tuple(map(slots_rule, concurrency)), **kw)  # type: ignore[arg-type]
-        for rule in made.rates:
-            made.rate_limited.setdefault(rule.text, 0)
-        for slot_rule in made.concurrency:
-            made.rate_limited.setdefault(slot_rule.text, 0)
-            made.in_flight.setdefault(slot_rule.text, 0)
+        made = cls(store, clock, **kw)  # type: ignore[arg-type]
+        made.reconfigure(rates, concurrency, made.slot_ttl, made.fail_closed)
         return made
+
+    def reconfigure(
+        self, rates: Sequence[str], concurrency: Sequence[str], slot_ttl: float, fail_closed: bool
+    ) -> None:
+        """
+        Use these rules from now on (a reload): a caller's spent rate and
+        held slots stay with its rules as written, so a rule kept unchanged
+        keeps counting; requests in flight free the slots they hold.
+        """
+        self.rates = tuple(map(rate_rule, rates))
+        self.concurrency = tuple(map(slots_rule, concurrency))
+        self.slot_ttl, self.fail_closed = slot_ttl, fail_closed
+        for rule in self.rates:
+            self.rate_limited.setdefault(rule.text, 0)
+        for slot_rule in self.concurrency:
+            self.rate_limited.setdefault(slot_rule.text, 0)
+            self.in_flight.setdefault(slot_rule.text, 0)
 
     def admit(self, method: bytes, path: bytes, caller: Identity) -> Deferred[Admission | Refusal] | None:
         """

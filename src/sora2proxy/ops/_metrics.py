@@ -133,6 +133,7 @@ class Telemetry:
         seconds: float,
         request_id: str,
         upstream: str,
+        trace_id: str = "",
     ) -> None:
         """
         A request was answered (or its client left); C{error_type} is empty,
@@ -147,7 +148,7 @@ class Telemetry:
             error_type = ""
         elif error_type:
             self._errors.labels(error_type).inc()
-        self.board.request_finished(method, path, status, error_type, request_id, upstream, seconds)
+        self.board.request_finished(method, path, status, error_type, request_id, upstream, seconds, trace_id)
 
     def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
         """

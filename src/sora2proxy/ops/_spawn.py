@@ -25,8 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 #: Runs C{sh -c COMMAND} in its own process group; forwards SIGTERM/SIGINT to
-#: the group, escalates to SIGKILL after the grace period, and reaps
-#: leftovers when the shell exits.  Dies with its parent (PR_SET_PDEATHSIG).
+#: the group (and SIGHUP, which stops nothing: a worker reloads), escalates
+#: to SIGKILL after the grace period, and reaps leftovers when the shell
+#: exits.  Dies with its parent (PR_SET_PDEATHSIG).
 SUPERVISOR = """
 import ctypes, os, signal, sys
 command, grace = sys.argv[1], float(sys.argv[2])
@@ -53,8 +54,9 @@ def stop(signum, frame):
     kill(signum)
     signal.signal(signal.SIGALRM, lambda s, f: kill(signal.SIGKILL))
     signal.setitimer(signal.ITIMER_REAL, grace)
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, stop)
+signal.signal(signal.SIGHUP, lambda s, f: stopping or kill(signal.SIGHUP))
 while True:
     try:
         _, status = os.waitpid(child, 0)
@@ -221,6 +223,13 @@ class SpawnedCommand(Service):
         )
         self.restart_at = self.exited_at + delay
         self._restart = self._reactor.callLater(delay, self._start)
+
+    def hangup(self) -> None:
+        """
+        Pass SIGHUP to the command, if it runs (a worker reloads its configuration).
+        """
+        if self._transport is not None:
+            self._transport.signalProcess("HUP")
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

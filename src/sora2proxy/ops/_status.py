@@ -89,6 +89,7 @@ class StatusBoard:
         request_id: str,
         upstream: str,
         seconds: float = 0.0,
+        trace_id: str = "",
     ) -> None:
         """
         A request was answered in C{seconds}; C{error_type} is empty unless
@@ -102,6 +103,7 @@ class StatusBoard:
             latest = {
                 "time": now,
                 "requestId": request_id,
+                "traceId": trace_id,
                 "method": method,
                 "path": path.partition("?")[0][:200],
                 "status": status,
@@ -252,6 +254,7 @@ class="state {e(state.replace(" ", "-"))}">{e(state)}</small>{draining}</h1>
 {_errors_html(data)}
 {_idempotency_html(data.get("idempotency"))}
 {limits_html(data.get("limits"))}
+{_config_html(data.get("config"))}
 <p class=none>Same data as JSON: <a href="status.json">status.json</a> &middot;
 <a href="metrics">metrics</a></p>
 </body></html>
@@ -321,6 +324,7 @@ def _errors_html(data: dict[str, Any]) -> str:
         f"<td class=n>{g['total']}</td><td>{e(_when(g['latest']['time']))}</td>"
         f"<td>{g['latest']['status']} &middot; {e(g['latest']['method'])} {e(g['latest']['path'])}"
         f'<div class="why">request id <code>{e(g["latest"]["requestId"])}</code>'
+        f"{_trace(g['latest'].get('traceId', ''))}"
         f"{_via(g['latest']['upstream'])}</div></td></tr>"
         for g in errors["groups"][:20]
     )
@@ -332,8 +336,20 @@ def _errors_html(data: dict[str, Any]) -> str:
     )
 
 
+def _trace(trace_id: str) -> str:
+    return f" &middot; trace <code>{html.escape(trace_id)}</code>" if trace_id else ""
+
+
 def _via(upstream: str) -> str:
     return f" &middot; {html.escape(upstream)}" if upstream else " &middot; not sent upstream"
+
+
+def _config_html(section: dict[str, Any] | None) -> str:
+    if section is None:
+        return ""
+    path = html.escape(section["path"] or "the command line (no --config)")
+    when = html.escape(_when(section["loadedAt"]))
+    return f"<p id=config>Configuration: <code>{path}</code>, loaded {when} (UTC)</p>"
 
 
 def _idempotency_html(section: dict[str, Any] | None) -> str:

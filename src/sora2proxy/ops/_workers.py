@@ -61,9 +61,11 @@ def sora2proxy_args(argv: Sequence[str]) -> list[str]:
 
 def worker_command(argv: Sequence[str], index: int, admin_listen: str | None) -> str:
     """
-    The worker's command for L{sora2proxy.ops._spawn.SpawnedCommand} (C{NAME=COMMAND}).
+    The worker's command for L{sora2proxy.ops._spawn.SpawnedCommand} (C{NAME=COMMAND}),
+    run by C{exec}: the worker is its process group's only process, so a
+    SIGHUP passed on reaches it alone (the shell would die of it).
     """
-    return f"worker-{index}=" + shlex.join(worker_argv(argv, index, admin_listen))
+    return f"worker-{index}=exec " + shlex.join(worker_argv(argv, index, admin_listen))
 
 
 def reuseport_tcp(description: str) -> tuple[str, int]:

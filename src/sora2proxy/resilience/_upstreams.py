@@ -171,13 +171,20 @@ def balancer_for(config: ProxyConfig, clock: IReactorTime, healths: Sequence[Hea
     order; L{None} without checks) and a fresh L{Ejection} that a passing
     health check ends, in a L{Balancer}.
     """
-    upstreams = []
-    for url, health in zip(config.upstreams, healths, strict=True):
-        ejection = Ejection(clock, config.eject_after, config.eject_time, url)
-        if health is not None:
-            health.on_pass.append(ejection.health_check_passed)
-        upstreams.append(Upstream(url, base_of(url), health, ejection))
+    pairs = zip(config.upstreams, healths, strict=True)
+    upstreams = [upstream_for(config, clock, url, health) for url, health in pairs]
     return Balancer(upstreams, least_in_flight=config.balance == "least-in-flight")
+
+
+def upstream_for(config: ProxyConfig, clock: IReactorTime, url: str, health: HealthState | None) -> Upstream:
+    """
+    The upstream at C{url}, with C{health} and a fresh L{Ejection} that a
+    passing health check ends.
+    """
+    ejection = Ejection(clock, config.eject_after, config.eject_time, url)
+    if health is not None:
+        health.on_pass.append(ejection.health_check_passed)
+    return Upstream(url, base_of(url), health, ejection)
 
 
 @define
