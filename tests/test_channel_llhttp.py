@@ -81,6 +81,7 @@ LLHTTP_REFUSES = [
     (b"GET /a HTTP/1.1\r\nHost: p\r\nX-A: 1\r\n folded\r\n\r\n", "obsolete line folding"),
     (b"FOO /a HTTP/1.1\r\nHost: p\r\n\r\n", "not an HTTP method"),
     (b"get /a HTTP/1.1\r\nHost: p\r\n\r\n", "not an HTTP method"),
+    (b"DESCRIBE /a HTTP/1.1\r\nHost: p\r\n\r\n", "not an HTTP method"),
     (b"GET /a HTTP/1.1\r\nHost: p\r\nX-A: a\x01b\r\n\r\n", "X-A header's value holds a control byte"),
     (b"POST /a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: identity\r\n\r\n", "only transfer coding"),
     (

@@ -153,6 +153,6 @@ def head_problem(head: bytes, reason: str) -> str:
             if framed or header_problem(line, False) != _MALFORMED:
                 return header_problem(line, framed)
             framed = True
-    if reason == "Invalid method encountered":
+    if "method" in reason:  # llhttp knows the methods of HTTP and WebDAV, not any token
         return "The request method is not an HTTP method (methods are upper case: GET, POST...)."
     return f"The request head is malformed: {reason}."
