@@ -235,6 +235,37 @@ class ChannelBehaviour(SynchronousTestCase):
         self.assertEqual([request.uri for request in held], [b"/1", b"/2", b"/3", b"/4"])
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"), transport.value())
 
+    def test_idle_timeout_between_requests_only(self) -> None:
+        """A request handled longer than --idle-timeout keeps its connection; idle time counts from the answer."""
+        held: list[Any] = []
+
+        class Slow(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                held.append(request)
+                return NOT_DONE_YET
+
+        channel, transport, clock = channel_for(Slow(), idle_timeout=5)
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: p\r\n\r\n")
+        clock.advance(30)
+        self.assertFalse(transport.disconnecting)
+        held[0].finish()
+        clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_one_idle_timer_per_connection(self) -> None:
+        """Keep-alive requests answered at once reuse the connection's idle timer: no DelayedCall per request."""
+        channel, transport, clock = channel_for(Recorder(), idle_timeout=5)
+        [timer] = clock.getDelayedCalls()
+        for _ in range(3):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n\r\n")
+            [now] = clock.getDelayedCalls()
+            self.assertIs(now, timer)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+
     def test_pipelined_bodies_answered_in_order(self) -> None:
         """Pipelined POSTs with bodies in one read each get their own answer, in order."""
         recorder = Recorder()

@@ -241,8 +241,8 @@ class ProxyChannel(HTTPChannel):
         self._received(request, head)
 
     def _received(self, request: Any, head: Head) -> None:
-        if self.timeOut:  # no idle timeout while the request is handled
-            self._savedTimeOut = self.setTimeout(None)  # type: ignore[no-untyped-call]
+        # The idle timer keeps running (no DelayedCall cancelled and made
+        # again per request): it is ignored while a request is handled.
         self._handlingRequest = True
         self._request_line = None
         request.requestReceived(head.method, head.target, head.version)
@@ -258,8 +258,8 @@ class ProxyChannel(HTTPChannel):
             self.loseConnection()  # type: ignore[no-untyped-call]
             return
         self._handlingRequest = False
-        if self._savedTimeOut:
-            self.setTimeout(self._savedTimeOut)  # type: ignore[no-untyped-call]
+        if self.timeOut:  # idle from the answer on: the running timer moved, or a new one
+            self.setTimeout(self.timeOut)  # type: ignore[no-untyped-call]
         if self._dataBuffer:
             self._buffer += b"".join(self._dataBuffer)
             self._dataBuffer = []
@@ -299,6 +299,10 @@ class ProxyChannel(HTTPChannel):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return True
+
+    def timeoutConnection(self) -> None:
+        if not self._handlingRequest:  # a connection is idle only between requests
+            super().timeoutConnection()  # type: ignore[no-untyped-call]
 
     def _cancel_timer(self) -> None:
         if self._head_timer is not None and self._head_timer.active():
