@@ -376,6 +376,50 @@ class FramingOracle(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
 
+_PIECES = st.sampled_from(
+    [b"GET", b"POST", b" ", b"  ", b"/a", b"HTTP/1.1", b"HTTP/2.0", b"\r\n", b"\n", b"\r", b"Host: p",
+     b"Host:", b"Content-Length: 3", b"Content-Length: x", b"Transfer-Encoding: chunked", b"\t", b"\x00",
+     b"Expect: 100-continue", b"Upgrade: websocket", b"Connection: close", b"0\r\n\r\n", b"abc", b"X_A: 1",
+     b"ffffffffffffffffff", b"\xff"]
+)  # fmt: skip
+
+
+class AnyBytes(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.lists(_PIECES, max_size=12).map(b"".join), min_size=1, max_size=4))
+    def test_never_a_traceback(self, reads: list[bytes]) -> None:
+        """Whatever bytes arrive, in whatever reads: answers or one JSON refusal and a close, never an exception."""
+        channel, transport, clock = channel_for(Recorder())
+        for data in reads:
+            channel.dataReceived(data)
+        clock.advance(60)
+        answer = transport.value().replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+        refusals = answer.count(b'"errorType": ')
+        self.assertLessEqual(refusals, 1, answer)
+        if refusals:
+            self.assertTrue(transport.disconnecting)
+            self.assertTrue(answer.endswith(b"}}"), answer)
+        channel.connectionLost(None)
+
+
+class RefusedOverSockets(LoopbackMixin, TestCase):
+    timeout = 20
+
+    @inlineCallbacks
+    def test_new_refusals_over_sockets(self) -> Any:
+        """Over a real socket, each head llhttp lets through or refuses gets one JSON 400; none is forwarded."""
+        upstream = RecordingUpstream()
+        _, url = self.start_upstream(upstream)
+        proxy, _ = self.start_proxy(upstream=url, health_path="", idle_timeout=60)
+        for data, words in LET_THROUGH + LLHTTP_REFUSES:
+            answer = yield exchange(proxy, data.replace(b" /a ", b" /api/proxy/a "))
+            status, headers, body = one_response(answer)
+            self.assertEqual(status, b"HTTP/1.1 400 Bad Request", data)
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertIn(words, json.loads(body)["message"], data)
+        self.assertEqual(upstream.seen, [])
+
+
 class PipelinedOverSockets(LoopbackMixin, TestCase):
     timeout = 20
 
