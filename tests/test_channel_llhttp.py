@@ -376,22 +376,32 @@ class FramingOracle(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
 
-_PIECES = st.sampled_from(
-    [b"GET", b"POST", b" ", b"  ", b"/a", b"HTTP/1.1", b"HTTP/2.0", b"\r\n", b"\n", b"\r", b"Host: p",
-     b"Host:", b"Content-Length: 3", b"Content-Length: x", b"Transfer-Encoding: chunked", b"\t", b"\x00",
-     b"Expect: 100-continue", b"Upgrade: websocket", b"Connection: close", b"0\r\n\r\n", b"abc", b"X_A: 1",
-     b"ffffffffffffffffff", b"\xff"]
+_LINES = st.sampled_from(
+    [b"GET /a HTTP/1.1", b"POST /a HTTP/1.1", b"GET /a HTTP/1.0", b"GET  /a HTTP/1.1", b"GET /a HTTP/2.0",
+     b"get /a HTTP/1.1", b"GET /a", b"GET /a\x00 HTTP/1.1", b"", b" ", b"Host: p", b"Host:", b"Host: a/b",
+     b"Content-Length: 3", b"Content-Length: 0", b"Content-Length: x", b"Content-Length: 99999999999",
+     b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip", b"Expect: 100-continue", b"X_A: 1", b" fold",
+     b"Upgrade: websocket", b"Connection: Upgrade", b"Connection: close", b"X-A: a\rb", b"X-A: a\nb", b"Cookie: a=1"]
 )  # fmt: skip
+_BODIES = st.sampled_from(
+    [b"", b"abc", b"3\r\nabc\r\n0\r\n\r\n", b"ffffffffffffffffff\r\n", b"0\r\n\r\n", b"\r\n"]
+)
+_ENDS = st.sampled_from([b"\r\n\r\n", b"\r\n\r\n", b"\r\n", b"\n\n"])
+_MESSAGE = st.tuples(st.lists(_LINES, min_size=1, max_size=6), _ENDS, _BODIES).map(
+    lambda parts: b"\r\n".join(parts[0]) + parts[1] + parts[2]
+)
 
 
 class AnyBytes(SynchronousTestCase):
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.lists(_PIECES, max_size=12).map(b"".join), min_size=1, max_size=4))
-    def test_never_a_traceback(self, reads: list[bytes]) -> None:
+    @given(st.lists(_MESSAGE, min_size=1, max_size=4), st.lists(st.integers(min_value=1, max_value=40)))
+    def test_never_a_traceback(self, messages: list[bytes], cuts: list[int]) -> None:
         """Whatever bytes arrive, in whatever reads: answers or one JSON refusal and a close, never an exception."""
         channel, transport, clock = channel_for(Recorder())
-        for data in reads:
-            channel.dataReceived(data)
+        data, at = b"".join(messages), 0
+        for cut in [*cuts, len(data)]:
+            channel.dataReceived(data[at : at + cut])
+            at += cut
         clock.advance(60)
         answer = transport.value().replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
         refusals = answer.count(b'"errorType": ')
