@@ -123,6 +123,15 @@ class RefusedAtOnce(SynchronousTestCase):
         status, _ = refusal(head[:-2] + b"X-100: v\r\n\r\n")
         self.assertEqual(status, 431)
 
+    def test_no_timer_left_after_a_refusal(self) -> None:
+        """A refused request (a body over --max-body, a bad head) leaves no timer to fire on its closing connection."""
+        for head in (b"POST / HTTP/1.1\r\nHost: p\r\nContent-Length: 11\r\n\r\n", b"GET  / HTTP/1.1\r\n\r\n"):
+            channel, transport, clock = channel_for(Recorder(), max_body=10, idle_timeout=5)
+            channel.dataReceived(head)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual([call for call in clock.getDelayedCalls() if call.active()], [], head)
+            clock.advance(60)
+
     def test_nothing_read_after_a_refusal(self) -> None:
         """A valid request after a refused one on the same connection is never handled."""
         recorder = Recorder()

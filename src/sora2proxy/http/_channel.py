@@ -346,6 +346,7 @@ class ProxyChannel(HTTPChannel):
             its head was read.
         """
         self._refused = True
+        self.setTimeout(None)  # type: ignore[no-untyped-call]  # closing already: no idle timer
         if self.on_refused is not None:
             method, target = self._request_so_far(line)
             refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)
