@@ -91,8 +91,9 @@ LLHTTP_REFUSES = [
     (b"POST /a HTTP/1.1\r\nHost: p\r\nContent-Length: \r\n\r\n", "decimal digits only"),
     (
         b"POST /a HTTP/1.1\r\nHost: p\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-        "Content-Length overflow",
+        "does not fit in 64 bits",
     ),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", "TLS handshake sent to a plain HTTP port"),
     (b"GET /a HTTP/1.1\rHost: p\r\n\r\n", "request line must be"),
 ]
 

@@ -24,6 +24,8 @@ MAX_LOGGED_TARGET = 1024
 
 _FRAMING = (b"content-length", b"transfer-encoding")
 _MALFORMED = "A header line is malformed."
+#: What llhttp says, in words a client can act on.
+_LLHTTP_SAYS = {"Content-Length overflow": "Content-Length does not fit in 64 bits."}
 
 #: A request line HTTP/1.1 takes: method, target and version, single spaces.
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]")
@@ -135,6 +137,8 @@ def head_problem(head: bytes, reason: str) -> str:
     @param reason: what the parser said (the last resort).
     @return: why C{head} was refused: what is wrong with its first faulty line.
     """
+    if head.startswith(b"\x16\x03"):
+        return "This is a TLS handshake sent to a plain HTTP port: use http://, not https://."
     lines = head.split(b"\r\n")
     line = lines[0]
     if not _REQUEST_LINE.fullmatch(line):
@@ -155,4 +159,4 @@ def head_problem(head: bytes, reason: str) -> str:
             framed = True
     if "method" in reason:  # llhttp knows the methods of HTTP and WebDAV, not any token
         return "The request method is not an HTTP method (methods are upper case: GET, POST...)."
-    return f"The request head is malformed: {reason}."
+    return _LLHTTP_SAYS.get(reason) or f"The request head is malformed: {reason}."
