@@ -1,22 +1,22 @@
 """
-L{ProxyChannel}: the HTTP/1.1 server connection, with the limits a front
-door needs: request line length (414), header count and size (431), and the
-time a client may take to send its headers (408, against slowloris).  Twisted
-(24.7 and later) itself refuses ambiguous framing (C{Content-Length} with
-C{Transfer-Encoding}, repeated or invalid C{Content-Length}) with 400 and
-answers pipelined requests in order.
+L{ProxyChannel}: the HTTP/1.1 server connection.  Request heads are read by
+llhttp (L{_head}); the channel frames bodies (C{Content-Length}, or chunked
+with L{StrictChunkedDecoder}), answers pipelined requests in order, and
+drives twisted.web's L{Request} objects as C{HTTPChannel} does (C{gotLength},
+C{handleContentChunk}, C{requestReceived}, C{requestDone}), so any resource
+works behind it.
 
-On top of Twisted's parsing (which refuses a bare CR or LF inside a line), a
-head is refused with 400 at once (never left to the header timeout) when its
-lines end in a bare LF, when C{Host} is missing (HTTP/1.1), repeated or not a
-host and port (RFC 9112 section 3.2), and when a chunk size does not fit in
-64 bits; request headers whose names hold C{_} are dropped, as nginx does
-(C{underscores_in_headers off}), unless C{allow_underscore_headers}.
+It enforces the limits a front door needs: request line length (414), header
+count and size (431), and the time a client may take to send its head (408,
+against slowloris; the timer runs only while a head is incomplete).  A head
+is refused with 400 at once when llhttp refuses it (ambiguous framing,
+obs-fold, bare CR, control bytes...), when its lines end in a bare LF, when
+C{Host} is missing (HTTP/1.1), repeated or not a host and port, when a chunk
+size does not fit in 64 bits, and for what llhttp lets through (L{_head}).
 
-Every refusal, Twisted's own 400s included, is one JSON error saying what is
-wrong (L{_refusal}), the connection then closed, and the site's
-L{RefusalListener} told.  C{Connection: close} is honoured anywhere in the
-field's token list.
+Every refusal is one JSON error saying what is wrong (L{_refusal}), the
+connection then closed, and the site's L{RefusalListener} told.
+C{Connection: close} is honoured anywhere in the field's token list.
 """
 
 from __future__ import annotations
@@ -24,20 +24,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, _MalformedChunkedDataError
+from twisted.web.http import (
+    HTTPChannel,
+    _ChunkedTransferDecoder,
+    _IdentityTransferDecoder,
+    _MalformedChunkedDataError,
+)
 from twisted.web.http_headers import Headers
 
 from .._errors import BAD_REQUEST, ErrorKind, raw_error
 from ._eager import send_now
-from ._headers import new_request_id, valid_host
-from ._refusal import (
-    MAX_LOGGED_TARGET,
-    Refusal,
-    RefusalListener,
-    header_problem,
-    known_request,
-    request_line_problem,
-)
+from ._head import MAX_HEADERS, Head, HeadReader, HeadRefused
+from ._headers import new_request_id
+from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, known_request
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
 HEADERS_TOO_LARGE = ErrorKind("HEADERS_TOO_LARGE", 431, "Request headers too large")
@@ -45,12 +44,15 @@ HEADER_TIMEOUT = ErrorKind("HEADER_TIMEOUT", 408, "Request headers too slow")
 
 #: Longest request line (method, target, version).
 MAX_REQUEST_LINE = 8192
-#: Most header lines in one request.
-MAX_HEADERS = 100
+#: Longest header line.
+MAX_HEADER_LINE = 16384
 #: Most bytes of request line plus headers.
 MAX_HEAD_BYTES = 32768
 #: Most significant hex digits of a chunk size (a size that fits in 64 bits).
 MAX_CHUNK_DIGITS = 16
+
+_TOO_LARGE = f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them."
+_TOO_LONG = f"The request line is longer than {MAX_REQUEST_LINE} bytes."
 
 
 class StrictChunkedDecoder(_ChunkedTransferDecoder):
@@ -82,10 +84,11 @@ class StrictChunkedDecoder(_ChunkedTransferDecoder):
 
 class ProxyChannel(HTTPChannel):
     """
-    An C{HTTPChannel} that enforces the proxy's request-head limits.
+    An C{HTTPChannel} whose requests are read by llhttp, with the proxy's
+    request-head limits.
 
-    Every head it refuses gets exactly one response, the proxy's JSON error
-    (Twisted's own bare 400 included), and its connection closes.
+    Every head it refuses gets exactly one response, the proxy's JSON error,
+    and its connection closes.
 
     @ivar header_timeout: seconds from a request's first byte to the end of
         its headers (0 disables).
@@ -95,106 +98,211 @@ class ProxyChannel(HTTPChannel):
     header_timeout = 10.0
     allow_underscore_headers = False
     on_refused: RefusalListener | None = None
-    totalHeadersSize = MAX_HEAD_BYTES + 1024  # Twisted's own check stays a backstop
-    maxHeaders = MAX_HEADERS + 10
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._head_lines = 0
-        self._head_bytes = 0
+        self._reader: HeadReader | None = None
+        self._buffer = b""  # read, not parsed yet (a head, a body, the next request)
+        self._body: Any = None  # the decoder of the body being read
+        self._blank_seen = False  # one empty line may come before a request line
+        self._busy = False
         self._head_timer: IDelayedCall | None = None
         self._refused = False
         self._held = b""
         self._host: Any = None
-        self._line = b""  # the head line being read, and the header line
-        self._header = b""  # being checked: what a 400 explains
+        self._peer: Any = None
+        self._request_line: tuple[bytes, bytes] | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call]
         if self._refused:
             return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-        if self.line_mode and b"\n" in getattr(self, "_buffer", b"") and not self._refused:
-            self._refuse(BAD_REQUEST, "A request head line ends in a bare LF; lines end in CRLF.")
+        if self._handlingRequest:  # read on once the request in hand is answered
+            self._dataBuffer.append(data)
+            held = sum(map(len, self._dataBuffer))
+            if not self._waitingForTransport and held > self._optimisticEagerReadSize:
+                self._networkProducer.pauseProducing()
             return
+        self._buffer = self._buffer + data if self._buffer else data
+        self._read()
+
+    def _read(self) -> None:
+        if self._busy:  # a request answered while its head was read: the loop below goes on
+            return
+        self._busy = True
+        try:
+            while self._buffer and not (self._handlingRequest or self._refused or self.transport is None):
+                if self._body is not None:
+                    data, self._buffer = self._buffer, b""
+                    self._read_body(data)
+                elif not self._read_head():
+                    break
+        finally:
+            self._busy = False
         # The timer runs only while a request head is incomplete: a head that
         # arrives whole (the common case) never costs a DelayedCall.
-        if self._head_timer is None and self.header_timeout and self._head_pending() and not self._refused:
-            clock = getattr(getattr(self, "site", None), "reactor", None)
-            if clock is not None:
-                self._head_timer = clock.callLater(self.header_timeout, self._too_slow)
+        if self._buffer and self._head_timer is None and self.header_timeout and self._body is None:
+            self._start_timer()
 
-    def _head_pending(self) -> bool:
-        return bool(self.line_mode and (self._head_lines or getattr(self, "_buffer", b"")))
+    def _start_timer(self) -> None:
+        clock = getattr(getattr(self, "site", None), "reactor", None)
+        if clock is not None and not (self._handlingRequest or self._refused):
+            self._head_timer = clock.callLater(self.header_timeout, self._too_slow)
+
+    def _read_head(self) -> bool:
+        buffer = self._buffer
+        if buffer[:2] == b"\r\n":  # an empty line before the request line, once
+            if self._blank_seen:
+                line = buffer[2:].split(b"\r\n", 1)[0]
+                self._refuse(BAD_REQUEST, "The request starts with an empty line; it must start "
+                             "with its request line (GET /path HTTP/1.1).", line)  # fmt: skip
+                return False
+            self._blank_seen = True
+            buffer = self._buffer = buffer[2:]
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self._incomplete(buffer)
+            return False
+        if end > MAX_REQUEST_LINE and not self._within_limits(buffer, end + 2):
+            return False
+        head, self._buffer = buffer[: end + 4], buffer[end + 4 :]
+        if self._reader is None:
+            self._reader = HeadReader(self.allow_underscore_headers)
+        try:
+            parsed = self._reader.read(head)
+        except HeadRefused as refused:
+            kind = HEADERS_TOO_LARGE if refused.status == 431 else BAD_REQUEST
+            self._refuse(kind, refused.message, head[: head.find(b"\r\n")])
+            return False
+        self._cancel_timer()
+        self._blank_seen = False
+        self._start(parsed)
+        return True
+
+    def _incomplete(self, buffer: bytes) -> None:
+        if b"\n" in buffer and buffer.count(b"\n") != buffer.count(b"\r\n"):
+            self._refuse(BAD_REQUEST, "A request head line ends in a bare LF; lines end in CRLF.")
+        elif buffer.count(b"\r\n") > MAX_HEADERS + 1:
+            self._refuse(HEADERS_TOO_LARGE, _TOO_LARGE)
+        else:
+            self._within_limits(buffer, len(buffer))
+
+    def _within_limits(self, buffer: bytes, end: int) -> bool:
+        """
+        Refuse a head (complete or not, C{end} bytes of lines) over the limits.
+        """
+        first = buffer.find(b"\r\n", 0, end)
+        if first > MAX_REQUEST_LINE or (first < 0 and end > MAX_REQUEST_LINE):
+            self._refuse(URI_TOO_LONG, _TOO_LONG, buffer[: MAX_REQUEST_LINE + 1])
+        elif end > MAX_HEAD_BYTES:
+            self._refuse(HEADERS_TOO_LARGE, _TOO_LARGE)
+        elif end > MAX_HEADER_LINE and max(map(len, buffer[:end].split(b"\r\n"))) > MAX_HEADER_LINE:
+            self._refuse(HEADERS_TOO_LARGE, "A request header line is too long.")
+        return not self._refused
+
+    def _start(self, head: Head) -> None:
+        """
+        Build the request for C{head} and read its body, as
+        C{HTTPChannel.allHeadersReceived} does.
+        """
+        request = self.requestFactory(self, len(self.requests))
+        fields = request.requestHeaders._rawHeaders = head.headers  # built at once, already checked
+        self.requests.append(request)
+        self._request_line = (head.method, head.target)
+        if b"Cookie" in fields:
+            request.parseCookies()
+        self.persistent = self.checkPersistence(request, head.version)
+        request.gotLength(head.length)
+        if self._refused:  # the request refused its body (--max-body)
+            return
+        expect = fields.get(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and head.version == b"HTTP/1.1":
+            self._send100Continue()  # type: ignore[no-untyped-call]
+        if head.length == 0:
+            self._received(request, head)
+            return
+        done = lambda rest: self._body_read(request, head, rest)  # noqa: E731
+        if head.length is None:
+            self._body = StrictChunkedDecoder(request.handleContentChunk, done)
+        else:
+            self._body = _IdentityTransferDecoder(head.length, request.handleContentChunk, done)
+
+    def _read_body(self, data: bytes) -> None:
+        decoder = self._body
+        try:
+            decoder.dataReceived(data)
+        except _MalformedChunkedDataError:
+            problem = getattr(decoder, "problem", None) or "bad framing"
+            self._refuse(BAD_REQUEST, f"The chunked request body is malformed: {problem}")
+
+    def _body_read(self, request: Any, head: Head, rest: bytes) -> None:
+        self._body = None
+        self._buffer = rest + self._buffer if self._buffer else rest
+        self._received(request, head)
+
+    def _received(self, request: Any, head: Head) -> None:
+        # The idle timer keeps running (no DelayedCall cancelled and made
+        # again per request): it is ignored while a request is handled.
+        self._handlingRequest = True
+        self._request_line = None
+        request.requestReceived(head.method, head.target, head.version)
+
+    def requestDone(self, request: Any) -> None:
+        self._flush_held()
+        if request is not self.requests[0]:
+            raise TypeError(request)
+        del self.requests[0]
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.loseConnection()  # type: ignore[no-untyped-call]
+            return
+        self._handlingRequest = False
+        if self.timeOut:  # idle from the answer on: the running timer moved, or a new one
+            self.setTimeout(self.timeOut)  # type: ignore[no-untyped-call]
+        if self._dataBuffer:
+            self._buffer += b"".join(self._dataBuffer)
+            self._dataBuffer = []
+        self._read()
+
+    def take_early(self) -> bytes:
+        """
+        Stop reading requests (the connection is handed over), and return
+        the bytes read and not parsed: what the client sent after the head.
+        """
+        early = self._buffer + b"".join(self._dataBuffer)
+        self._buffer = b""
+        self._dataBuffer = []
+        self._refused = True
+        self._cancel_timer()
+        return early
 
     def getHost(self) -> Any:
-        # Each request asks; the local address of a connection never changes
-        # (Twisted's TCP transport asks the kernel every time).
+        # Each request asks; the addresses of a connection never change
+        # (Twisted's TCP transport builds a new one every time).
         if self._host is None:
             self._host = super().getHost()  # type: ignore[no-untyped-call]
         return self._host
 
-    def lineReceived(self, line: bytes) -> None:
-        if self._refused:
-            return
-        first = self._head_lines == 0
-        if first and not line:  # an empty line before the request line: Twisted skips one
-            self._line = line
-            super().lineReceived(line)  # type: ignore[no-untyped-call]
-            return
-        self._head_lines += 1
-        self._head_bytes += len(line) + 2
-        if first and len(line) > MAX_REQUEST_LINE:
-            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.", line)
-            return
-        if self._head_lines > MAX_HEADERS + 1 or self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(
-                HEADERS_TOO_LARGE,
-                f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them.",
-            )
-            return
-        self._line = line
-        super().lineReceived(line)  # type: ignore[no-untyped-call]
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()  # type: ignore[no-untyped-call]
+        return self._peer
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self._head_lines == 0:
-            self._refuse(URI_TOO_LONG, f"The request line is longer than {MAX_REQUEST_LINE} bytes.", line)
-        else:
-            self._refuse(HEADERS_TOO_LARGE, "A request header line is too long.")
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # RFC 9110 section 7.6.1: Connection is a list of tokens, in any case,
+        # over any number of fields (Twisted splits the first on spaces only).
+        fields = request.requestHeaders._rawHeaders.get(b"Connection")
+        if version != b"HTTP/1.1":
+            return False
+        if fields and any(token.strip(b" \t").lower() == b"close" for f in fields for token in f.split(b",")):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
 
-    def allHeadersReceived(self) -> None:
-        self._head_lines = 0
-        self._head_bytes = 0
-        self._cancel_timer()
-        headers = self.requests[-1].requestHeaders
-        problem = _host_problem(headers.getRawHeaders(b"host"), getattr(self, "_version", b""))
-        if problem is not None:
-            self._refuse(BAD_REQUEST, problem)
-            return
-        super().allHeadersReceived()  # type: ignore[no-untyped-call]
-
-    def headerReceived(self, line: bytes) -> bool:
-        self._header = line
-        if b"_" in line and not self.allow_underscore_headers:
-            name, colon, _ = line.partition(b":")
-            if colon and b"_" in name:
-                return True  # dropped, as nginx does: CGI and WSGI read X_A as X-A
-        ok: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
-        return ok
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().rawDataReceived(data)
-
-    def allContentReceived(self) -> None:
-        if not self._refused:
-            super().allContentReceived()  # type: ignore[no-untyped-call]
-
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        chosen: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[no-untyped-call]
-        decoder = self._transferDecoder
-        if type(decoder) is _ChunkedTransferDecoder:
-            self._transferDecoder = StrictChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
-        return chosen
+    def timeoutConnection(self) -> None:
+        if not self._handlingRequest:  # a connection is idle only between requests
+            super().timeoutConnection()  # type: ignore[no-untyped-call]
 
     def _cancel_timer(self) -> None:
         if self._head_timer is not None and self._head_timer.active():
@@ -204,38 +312,15 @@ class ProxyChannel(HTTPChannel):
     def _too_slow(self) -> None:
         self._refuse(HEADER_TIMEOUT, f"The request headers did not arrive within {self.header_timeout:g} s.")
 
-    def checkPersistence(self, request: Any, version: bytes) -> bool:
-        # RFC 9110 section 7.6.1: Connection is a list of tokens, in any case,
-        # over any number of fields (Twisted splits the first on spaces only).
-        fields = request.requestHeaders.getRawHeaders(b"connection") or ()
-        if version == b"HTTP/1.1" and any(
-            token.strip(b" \t").lower() == b"close" for field in fields for token in field.split(b",")
-        ):
-            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-            return False
-        persistent: bool = super().checkPersistence(request, version)  # type: ignore[no-untyped-call]
-        return persistent
-
     def _respondToBadRequestAndDisconnect(self) -> None:
-        # Where every 400 Twisted's parser decides is sent: the proxy's JSON
-        # error instead of a bare one, saying what is wrong, once.
-        line = None if hasattr(self, "_command") else self._line
-        self._refuse(BAD_REQUEST, self._bad_request_problem(), line)
-
-    def _bad_request_problem(self) -> str:
-        decoder = self._transferDecoder
-        if not self.line_mode:
-            problem = getattr(decoder, "problem", None)
-            return f"The chunked request body is malformed: {problem or 'bad framing'}"
-        if not hasattr(self, "_command"):
-            return request_line_problem(self._line)
-        return header_problem(self._header, decoder is not None)
+        # Called by twisted.web's Request for a body it cannot parse.
+        self._refuse(BAD_REQUEST, "The request is malformed.")
 
     def _refuse(self, kind: ErrorKind, message: str, line: bytes | None = None) -> None:
         if self._refused:
             return
-        self._refused = True
         seconds = self._head_seconds()
+        self._refused = True
         self._cancel_timer()
         request_id = new_request_id()
         details = {
@@ -254,11 +339,14 @@ class ProxyChannel(HTTPChannel):
     ) -> None:
         """
         Tell L{on_refused} that the request being read was refused with
-        C{kind} (by this channel, or by its request: a body too large).
+        C{kind} (by this channel, or by its request: a body too large); read
+        nothing more.
 
         @param line: the request line, when the request was refused before
-            Twisted read it.
+            its head was read.
         """
+        self._refused = True
+        self.setTimeout(None)  # type: ignore[no-untyped-call]  # closing already: no idle timer
         if self.on_refused is not None:
             method, target = self._request_so_far(line)
             refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)
@@ -274,9 +362,9 @@ class ProxyChannel(HTTPChannel):
         return max(0.0, float(clock.seconds()) - started)
 
     def _request_so_far(self, line: bytes | None) -> tuple[str, str]:
-        command = getattr(self, "_command", None)
-        if command is not None:
-            return command.decode("latin-1"), self._path.decode("latin-1")[:MAX_LOGGED_TARGET]
+        if line is None and self._request_line is not None:
+            method, target = self._request_line  # refused once its head was read
+            return method.decode("latin-1"), target.decode("latin-1")[:MAX_LOGGED_TARGET]
         if line is None:  # the request line as far as it arrived
             line = self._buffer.split(b"\n", 1)[0].split(b"\r", 1)[0]
         return known_request(line)
@@ -299,10 +387,6 @@ class ProxyChannel(HTTPChannel):
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
 
-    def requestDone(self, request: Any) -> None:
-        self._flush_held()
-        super().requestDone(request)  # type: ignore[no-untyped-call]
-
     def _flush_held(self) -> None:
         if self._held:
             self.write(b"")
@@ -310,19 +394,3 @@ class ProxyChannel(HTTPChannel):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
-
-
-def _host_problem(hosts: list[bytes] | None, version: bytes) -> str | None:
-    """
-    @return: why a request's C{Host} headers are refused (RFC 9112 section
-        3.2), or L{None}.
-    """
-    if not hosts:
-        if version == b"HTTP/1.1":
-            return "An HTTP/1.1 request must carry a Host header."
-        return None
-    if len(hosts) > 1:
-        return "The request carries more than one Host header."
-    if not valid_host(hosts[0]):
-        return "The Host header must be a host name or address and an optional port, nothing else."
-    return None

@@ -4,9 +4,9 @@ A refused request head: what was wrong with it, in words a client can act on
 (L{RefusalListener}, given a L{Refusal} for each head the server side refuses
 before any resource sees it: 400, 408, 413, 414, 431).
 
-The words follow the checks Twisted's C{HTTPChannel} makes (RFC 9112
-sections 3 and 5, RFC 9110 section 5.5): they explain a refusal Twisted
-decided, and never decide one.
+The words follow RFC 9112 sections 3 and 5 and RFC 9110 section 5.5: they
+explain a refusal llhttp or the channel decided (L{head_problem} finds the
+line at fault), and never decide one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 MAX_LOGGED_TARGET = 1024
 
 _FRAMING = (b"content-length", b"transfer-encoding")
+_MALFORMED = "A header line is malformed."
+#: What llhttp says, in words a client can act on.
+_LLHTTP_SAYS = {"Content-Length overflow": "Content-Length does not fit in 64 bits."}
+
+#: A request line HTTP/1.1 takes: method, target and version, single spaces.
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]")
+#: A header line HTTP/1.1 takes (its value's framing words aside).
+_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 @frozen
@@ -111,11 +119,44 @@ def header_problem(line: bytes, framed: bool) -> str:
     for byte, said in ((b"\x00", "a NUL"), (b"\r", "a bare CR"), (b"\n", "a bare LF")):
         if byte in value:
             return f"The {shown} header's value holds {said} byte."
+    if not _FIELD.fullmatch(line):
+        return f"The {shown} header's value holds a control byte."
     lowered = name.lower()
     if lowered == b"content-length" and not value.isdigit():
         return "Content-Length must be decimal digits only."
-    if lowered == b"transfer-encoding" and value.lower() not in (b"chunked", b"identity"):
+    if lowered == b"transfer-encoding" and value.lower() != b"chunked":
         return "The only transfer coding a request may use is chunked."
     if lowered in _FRAMING and framed:
         return "A request carries one Content-Length or one Transfer-Encoding: chunked, not two, not both."
-    return "A header line is malformed."
+    return _MALFORMED
+
+
+def head_problem(head: bytes, reason: str) -> str:
+    """
+    @param head: a request head refused, up to its blank line.
+    @param reason: what the parser said (the last resort).
+    @return: why C{head} was refused: what is wrong with its first faulty line.
+    """
+    if head.startswith(b"\x16\x03"):
+        return "This is a TLS handshake sent to a plain HTTP port: use http://, not https://."
+    lines = head.split(b"\r\n")
+    line = lines[0]
+    if not _REQUEST_LINE.fullmatch(line):
+        if b"\n" in line:
+            return "A request head line ends in a bare LF; lines end in CRLF."
+        return request_line_problem(line)
+    framed = False
+    for line in lines[1:]:
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            return "A header line starts with a space or tab (obsolete line folding); send each on one line."
+        if not _FIELD.fullmatch(line):
+            return header_problem(line, framed)
+        if line.partition(b":")[0].lower() in _FRAMING:
+            if framed or header_problem(line, False) != _MALFORMED:
+                return header_problem(line, framed)
+            framed = True
+    if "method" in reason:  # llhttp knows the methods of HTTP and WebDAV, not any token
+        return "The request method is not an HTTP method (methods are upper case: GET, POST...)."
+    return _LLHTTP_SAYS.get(reason) or f"The request head is malformed: {reason}."

@@ -27,11 +27,15 @@ def take_over(request: Request, protocol: IProtocol) -> ITransport:
     assert transport is not None
     channel.setTimeout(None)
     transport.unregisterProducer()  # type: ignore[attr-defined]
-    # Held for pipelining (read while the request was handled), then the
-    # line buffer (read with the head, not yet looked at): the channel reads
-    # neither again once they are cleared.
-    early = b"".join(channel._dataBuffer) + channel.clearLineBuffer()
-    channel._dataBuffer = []
+    take_early = getattr(channel, "take_early", None)
+    if take_early is not None:  # a ProxyChannel: what it read and did not parse
+        early = take_early()
+    else:
+        # Twisted's HTTPChannel: the line buffer (read with the head, not yet
+        # looked at), after what it held for pipelining (read while the
+        # request was handled): it reads neither again once they are cleared.
+        early = b"".join(channel._dataBuffer) + channel.clearLineBuffer()
+        channel._dataBuffer = []
     channel.transport = None
     if isinstance(transport, ProtocolWrapper):
         transport.wrappedProtocol = protocol  # TLS: the wrapper delivers to us
