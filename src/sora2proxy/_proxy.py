@@ -50,6 +50,7 @@ class Proxy:
         connections), for instance as a child of the application's service.
     @ivar balancer: the upstreams, each with its health and ejection state.
     @ivar telemetry: metrics, in-flight count and status board (for an admin page).
+    @ivar access: where the access lines go (C{--access-log}).
     @ivar refusals: give it to the L{ProxySite} that serves C{resource}: the
         requests the site refuses before C{resource} sees them (malformed
         heads, bodies too large) are then logged and counted as the others.
@@ -60,6 +61,7 @@ class Proxy:
     balancer: Balancer
     telemetry: Telemetry
     refusals: RefusalListener | None = None
+    access: AccessSink | None = None
 
     @property
     def health(self) -> HealthState | None:
@@ -161,7 +163,7 @@ def build_proxy(
         children=children,
     )
     refusals = RefusalLog(telemetry, access, config.upstream)
-    return Proxy(ProxyResource(parts), service, balancer, telemetry, refusals)
+    return Proxy(ProxyResource(parts), service, balancer, telemetry, refusals, access)
 
 
 def _pooled_client(

@@ -27,9 +27,11 @@ from ._config import (
 )
 from ._proxy import build_proxy
 from .http._site import ProxySite, QuietSite
+from .ops._access_log import FileSink
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
 from .ops._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
 from .ops._logs import JSONLinesObserver
+from .ops._reopen import ReopenOnSignal
 from .ops._spawn import SpawnedCommand
 from .ops._workers import reuseport_tcp, sora2proxy_args, worker_command
 
@@ -156,8 +158,10 @@ class Options(usage.Options):
         [
             "access-log",
             None,
-            "log",
-            "Access lines: log (twisted.logger), - (stdout), a file path (buffered, fastest), or off.",
+            None,
+            "Access lines: - (stdout), a file path (buffered, reopened on SIGUSR1), log "
+            "(twisted.logger events), or off [default: stdout under twistd -n, else access.log "
+            "beside twistd's --logfile].",
         ],
         ["workers", None, "1", "Processes serving the public TCP ports (SO_REUSEPORT): one per core."],
         ["worker-index", None, None, "Set by the parent of --workers in each worker; not for people."],
@@ -275,6 +279,7 @@ class Options(usage.Options):
             spawn=tuple(self["spawn"]),
             require_idempotency_key=tuple(self["require-idempotency-key"]),
             identity_headers=self._identity_headers(),
+            access_log=self["access-log"] or default_access_log(self.parent),
         )
 
     def _fields(self) -> dict[str, Any]:
@@ -283,11 +288,31 @@ class Options(usage.Options):
         name; the first bad number (in L{_NUMBERS}' order) is the one named.
         """
         fields: dict[str, Any] = {_field(option): self[option] for option in _WORDS}
+        del fields["access_log"]  # to_config's, with its default
         fields.update({_field(option): bool(self[option]) for option in _FLAGS})
         for option, kind in _NUMBERS:
             text = self[option]
             fields[_field(option)] = None if text is None else _number(f"--{option}", text, kind)
         return fields
+
+
+def default_access_log(twistd: Mapping[str, Any] | None) -> str:
+    """
+    Where access lines go with no C{--access-log}: where twistd writes its
+    own log (C{twistd}: its options, L{None} outside twistd).  Standard
+    output when twistd logs there (C{-n} without C{--logfile}), else
+    C{access.log} in the folder of twistd's log file (C{twistd.log} in the
+    current folder when daemonised without C{--logfile}); C{log} events
+    with C{--syslog}.
+    """
+    if twistd is None:
+        return "-"
+    if twistd.get("syslog"):
+        return "log"
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
+        return "-"
+    return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
 
 
 def _any_port(description: str) -> bool:
@@ -320,7 +345,9 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
         # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
         fatal = ExitOnce(reactor)
         for index in range(config.workers):
-            command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
+            # Each worker writes where the parent's default put the access lines (resolved here).
+            argv = [*sora2proxy_args(sys.argv), "--access-log", config.access_log]
+            command = worker_command(argv, index, config.admin_listen)
             worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
             worker.setServiceParent(top)  # type: ignore[no-untyped-call]
         for spec in config.spawn:
@@ -338,6 +365,8 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
     for child in children:
         child.setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
+    if isinstance(proxy.access, FileSink) and proxy.access.path is not None:
+        ReopenOnSignal(proxy.access, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor, refusals=proxy.refusals)
     bind = listen_now if config.worker_index is None else listen_shared_now
