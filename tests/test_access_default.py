@@ -22,8 +22,7 @@ from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sora2proxy import ProxyConfig
-from sora2proxy._tap import default_access_log
-from sora2proxy.ops._access_log import FileSink, LoggerSink, access_sink
+from sora2proxy.ops._access_log import FileSink, LoggerSink, access_sink, default_access_log
 from sora2proxy.ops._reopen import ReopenOnSignal
 
 from .helpers import eventually

@@ -27,7 +27,7 @@ from ._config import (
 )
 from ._proxy import build_proxy
 from .http._site import ProxySite, QuietSite
-from .ops._access_log import FileSink
+from .ops._access_log import FileSink, default_access_log
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
 from .ops._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
 from .ops._logs import JSONLinesObserver
@@ -294,25 +294,6 @@ class Options(usage.Options):
             text = self[option]
             fields[_field(option)] = None if text is None else _number(f"--{option}", text, kind)
         return fields
-
-
-def default_access_log(twistd: Mapping[str, Any] | None) -> str:
-    """
-    Where access lines go with no C{--access-log}: where twistd writes its
-    own log (C{twistd}: its options, L{None} outside twistd).  Standard
-    output when twistd logs there (C{-n} without C{--logfile}), else
-    C{access.log} in the folder of twistd's log file (C{twistd.log} in the
-    current folder when daemonised without C{--logfile}); C{log} events
-    with C{--syslog}.
-    """
-    if twistd is None:
-        return "-"
-    if twistd.get("syslog"):
-        return "log"
-    logfile = twistd.get("logfile")
-    if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
-        return "-"
-    return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
 
 
 def _any_port(description: str) -> bool:

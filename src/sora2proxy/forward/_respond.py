@@ -22,6 +22,7 @@ from twisted.web.server import Request
 
 from .._config import ProxyConfig
 from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from ..http._date import HTTPDate
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
 
@@ -67,6 +68,7 @@ class Responder:
         self.telemetry = telemetry
         self._access = access
         self._children = children
+        self._date = HTTPDate(clock)
 
     def error(
         self,
@@ -152,7 +154,7 @@ class Responder:
         (for a connection closed outside twisted.web).
         """
         shown = self.view(context.request, error)
-        return raw_error(shown.kind, shown.message, shown.details(), context.request_id)
+        return raw_error(shown.kind, shown.message, shown.details(), context.request_id, self._date.now())
 
     def internal_error(self, context: RequestContext, failure: Failure, attempts: int) -> None:
         self.log.failure(

@@ -15,6 +15,7 @@ from twisted.web.server import Request, Site
 from .._config import ProxyConfig
 from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
+from ._date import HTTPDate
 from ._headers import request_id_from
 from ._refusal import RefusalListener
 
@@ -76,7 +77,9 @@ class ProxyRequest(Request):
         channel = self.channel
         assert channel is not None
         assert channel.transport is not None
-        channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id))
+        site = getattr(channel, "site", None)
+        date = site.date.now() if isinstance(site, ProxySite) else None
+        channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id, date))
         channel.loseConnection()
         if isinstance(channel, ProxyChannel):
             channel.tell_refused(BODY_TOO_LARGE, message, request_id)
@@ -104,6 +107,8 @@ class ProxySite(QuietSite):
     refuses is told to C{refusals}.
 
     @ivar config: the proxy's configuration.
+    @ivar date: the C{Date} header of the proxy's own answers, formatted
+        once a second on the site's reactor.
     """
 
     protocol = ProxyChannel  # type: ignore[assignment]
@@ -126,6 +131,7 @@ class ProxySite(QuietSite):
         self.config = config
         self.refusals = refusals
         self.timeOut = config.idle_timeout or None
+        self.date = HTTPDate(self.reactor)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]

@@ -18,8 +18,10 @@ same way.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.application.service import Service
@@ -158,6 +160,25 @@ class FileSink(Service):
         if self._path is not None and self._out is not None:
             self._out.close()
             self._out = None
+
+
+def default_access_log(twistd: Mapping[str, Any] | None) -> str:
+    """
+    Where access lines go with no C{--access-log}: where twistd writes its
+    own log (C{twistd}: its options, L{None} outside twistd).  Standard
+    output when twistd logs there (C{-n} without C{--logfile}), else
+    C{access.log} in the folder of twistd's log file (C{twistd.log} in the
+    current folder when daemonised without C{--logfile}); C{log} events
+    with C{--syslog}.
+    """
+    if twistd is None:
+        return "-"
+    if twistd.get("syslog"):
+        return "log"
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
+        return "-"
+    return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
 
 
 def access_sink(config: ProxyConfig, clock: IReactorTime) -> AccessSink:
