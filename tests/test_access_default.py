@@ -67,6 +67,10 @@ class DefaultTests(SynchronousTestCase):
         """Daemonised with no --logfile (twistd.log in the current folder), access.log sits beside it."""
         self.assertEqual(twistd_config("sora2proxy").access_log, os.path.abspath("access.log"))
 
+    def test_logfile_thrown_away(self) -> None:
+        """twistd --logfile /dev/null throws the access lines away too (no /dev/access.log)."""
+        self.assertEqual(twistd_config("-n", "--logfile", "/dev/null", "sora2proxy").access_log, "off")
+
     def test_syslog_keeps_log_events(self) -> None:
         """With twistd --syslog, access lines are log events, so they reach syslog too."""
         self.assertEqual(default_access_log({"syslog": True, "nodaemon": True}), "log")

@@ -169,7 +169,7 @@ def default_access_log(twistd: Mapping[str, Any] | None) -> str:
     output when twistd logs there (C{-n} without C{--logfile}), else
     C{access.log} in the folder of twistd's log file (C{twistd.log} in the
     current folder when daemonised without C{--logfile}); C{log} events
-    with C{--syslog}.
+    with C{--syslog}; C{off} with C{--logfile /dev/null}.
     """
     if twistd is None:
         return "-"
@@ -178,6 +178,8 @@ def default_access_log(twistd: Mapping[str, Any] | None) -> str:
     logfile = twistd.get("logfile")
     if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
         return "-"
+    if logfile == os.devnull:  # twistd's log thrown away: the access lines too
+        return "off"
     return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
 
 
