@@ -231,8 +231,11 @@ class ForegroundProcessTests(SynchronousTestCase):
 
 
 class DaemonProcessTests(SynchronousTestCase):
-    def test_logrotate_with_sigusr1(self) -> None:
-        """Daemonised: lines in access.log beside --logfile; after a rename and SIGUSR1 they go to a new access.log."""
+    def daemon(self, *options: str) -> tuple[int, Path, str]:
+        """
+        Start a daemonised twistd sora2proxy with C{--logfile} in a folder of
+        its own: its pid, the folder and the proxy's base URL.
+        """
         backend_port = start_backend(self)
         folder = Path(self.mktemp()).absolute()
         folder.mkdir(parents=True)
@@ -240,7 +243,7 @@ class DaemonProcessTests(SynchronousTestCase):
         started = subprocess.run(
             [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}", "sora2proxy",
              "--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none",
-             "--upstream", f"http://127.0.0.1:{backend_port}/api"],
+             "--upstream", f"http://127.0.0.1:{backend_port}/api", *options],
             cwd=ROOT, timeout=30, capture_output=True, text=True,
         )  # fmt: skip
         self.assertEqual(started.returncode, 0, started.stderr)
@@ -250,22 +253,47 @@ class DaemonProcessTests(SynchronousTestCase):
             lambda: re.search(r"ProxySite starting on (\d+)", _text(logfile)), seconds=20
         )
         self.assertTrue(found, _text(logfile))
-        url = f"http://127.0.0.1:{found.group(1)}/api/proxy/jobs"
+        return pid, folder, f"http://127.0.0.1:{found.group(1)}/api/proxy/jobs"
+
+    def rotate(self, pid: int, folder: Path, url: str, rename_log: bool) -> tuple[str, str]:
+        """
+        One request, logrotate's rename of access.log (and of twistd.log
+        with C{rename_log}) and SIGUSR1, another request, stop: the two
+        request ids.
+        """
         first = get(url + "?n=1")[1]["X-Request-Id"]
         access = folder / "access.log"
-        self.assertTrue(blocking_eventually(lambda: first in _text(access)), _text(logfile))
+        self.assertTrue(blocking_eventually(lambda: first in _text(access)), _text(folder / "twistd.log"))
         access.rename(folder / "access.log.1")
+        if rename_log:
+            (folder / "twistd.log").rename(folder / "twistd.log.1")
         os.kill(pid, signal.SIGUSR1)
         self.assertTrue(blocking_eventually(lambda: access.exists()), "access.log not reopened")
         second = get(url + "?n=2")[1]["X-Request-Id"]
         self.assertTrue(blocking_eventually(lambda: second in _text(access)))
         self.assertNotIn(second, _text(folder / "access.log.1"))
         self.assertNotIn(first, _text(access))
-        self.assertTrue((folder / "twistd.log.1").exists())  # twistd's own rotation still runs
         _stop(pid)
         self.assertEqual(
             len(_text(folder / "access.log.1").splitlines()) + len(_text(access).splitlines()), 2
         )
+        return first, second
+
+    def test_logrotate_with_sigusr1(self) -> None:
+        """Daemonised: lines in access.log beside --logfile; after a rename and SIGUSR1 they go to a new access.log."""
+        pid, folder, url = self.daemon()
+        self.rotate(pid, folder, url, rename_log=False)
+        self.assertTrue((folder / "twistd.log.1").exists())  # twistd's own handler still rotates its log
+
+    def test_json_daemon(self) -> None:
+        """Daemonised with --log-format json: JSON access lines in access.log, the other events in --logfile, both reopened."""
+        pid, folder, url = self.daemon("--log-format", "json")
+        first, second = self.rotate(pid, folder, url, rename_log=True)
+        for name, request_id in (("access.log.1", first), ("access.log", second)):
+            access = [json.loads(line) for line in (folder / name).read_text().splitlines()]
+            self.assertEqual([(e["request_id"], e["status"]) for e in access], [(request_id, 200)])
+        events = [json.loads(line) for line in _text(folder / "twistd.log").splitlines()]
+        self.assertIn("Server Shut Down.", [e["message"] for e in events])  # written after the reopen
 
 
 def _stop(pid: int) -> None:

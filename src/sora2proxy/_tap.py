@@ -27,7 +27,7 @@ from ._config import (
 )
 from ._proxy import build_proxy
 from .http._site import ProxySite, QuietSite
-from .ops._access_log import FileSink, default_access_log
+from .ops._access_log import FileSink, default_access_log, twistd_log_file
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
 from .ops._listening import STARTUP_FAILED, check_port_range, exit_at_startup, listen_now, listen_shared_now
 from .ops._logs import JSONLinesObserver
@@ -312,7 +312,9 @@ def _check_endpoint(description: str, option: str = "--listen") -> None:
         raise ConfigError(option, f"{description!r} is not a usable endpoint ({e})") from None
 
 
-def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IService:
+def build_service(
+    config: ProxyConfig, listen: list[str], reactor: Any, log_file: str | None = None
+) -> IService:
     """
     The whole proxy as one service, its ports already bound.  Its children stop one after another,
     last first: the public listeners drain, then the proxy (health monitors,
@@ -321,7 +323,9 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
 
     @raise ConfigError: a port cannot be bound.
     """
-    top = _Top(config.log_format)
+    top = _Top(JSONLinesObserver.to(log_file) if config.log_format == "json" else None)
+    if top.observer is not None and log_file is not None:
+        ReopenOnSignal(top.observer, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     if config.workers > 1 and config.worker_index is None:
         # A worker that cannot bind exits with STARTUP_FAILED: then the parent stops too.
         fatal = ExitOnce(reactor)
@@ -360,17 +364,18 @@ def build_service(config: ProxyConfig, listen: list[str], reactor: Any) -> IServ
 class _Top(StopInOrder):
     """
     The service twistd runs; with C{--log-format json} it gives the
-    application a JSON-lines log observer (twistd's hook for one).
+    application a JSON-lines log observer (twistd's hook for one), writing
+    where twistd would write its log.
     """
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self, observer: JSONLinesObserver | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._log_format = log_format
+        self.observer = observer
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
-        if self._log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, JSONLinesObserver(sys.stdout))
+        if self.observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.observer)
 
 
 def makeService(options: Options) -> IService:
@@ -381,6 +386,6 @@ def makeService(options: Options) -> IService:
 
     assert options.config is not None
     try:
-        return build_service(options.config, options.listen, reactor)
+        return build_service(options.config, options.listen, reactor, twistd_log_file(options.parent))
     except (ValueError, OSError) as e:  # ConfigError for a port that cannot be bound
         exit_at_startup(e)

@@ -171,16 +171,28 @@ def default_access_log(twistd: Mapping[str, Any] | None) -> str:
     current folder when daemonised without C{--logfile}); C{log} events
     with C{--syslog}; C{off} with C{--logfile /dev/null}.
     """
-    if twistd is None:
-        return "-"
-    if twistd.get("syslog"):
+    if twistd is not None and twistd.get("syslog"):
         return "log"
-    logfile = twistd.get("logfile")
-    if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
+    logfile = twistd_log_file(twistd)
+    if logfile is None:
         return "-"
     if logfile == os.devnull:  # twistd's log thrown away: the access lines too
         return "off"
-    return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
+    return os.path.join(os.path.dirname(logfile), "access.log")
+
+
+def twistd_log_file(twistd: Mapping[str, Any] | None) -> str | None:
+    """
+    The file twistd writes its log to (an absolute path, taken before
+    twistd changes folder), or L{None} for standard output (C{-n} without
+    C{--logfile}, or outside twistd).
+    """
+    if twistd is None:
+        return None
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and (twistd.get("nodaemon") or twistd.get("debug"))):
+        return None
+    return os.devnull if logfile == os.devnull else os.path.abspath(logfile or "twistd.log")
 
 
 def access_sink(config: ProxyConfig, clock: IReactorTime) -> AccessSink:
