@@ -18,6 +18,8 @@ from types import FrameType
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -152,6 +154,23 @@ class ReopenTests(SynchronousTestCase):
         self.assertEqual(
             [line.split("] ", 1)[1] for line in out.getvalue().splitlines()], ["GET /a 200", "GET /b 200"]
         )
+
+
+class BrokenOut(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+class WriteFailureTests(SynchronousTestCase):
+    def test_write_failure_logged(self) -> None:
+        """A write that fails (disk full, stdout closed) is one logged error naming the lines lost, not a crash."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        sink = FileSink(BrokenOut(), Clock())
+        sink.record("GET /a 200", FIELDS)
+        sink.record("GET /b 200", FIELDS)
+        sink.flush()
+        messages = [formatEvent(e) for e in events]
+        self.assertEqual(messages, ["access log: 2 lines not written: [Errno 28] No space left on device"])
 
 
 class CountingLog:
