@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sora2proxy import ProxyConfig
 from sora2proxy.ops._access_log import FileSink, LoggerSink, access_sink, default_access_log
+from sora2proxy.ops._logs import JSONLinesObserver
 from sora2proxy.ops._reopen import ReopenOnSignal
 
 from .helpers import eventually
@@ -154,6 +155,32 @@ class ReopenTests(SynchronousTestCase):
         sink.record("GET /b 200", FIELDS)
         self.assertEqual(
             [line.split("] ", 1)[1] for line in out.getvalue().splitlines()], ["GET /a 200", "GET /b 200"]
+        )
+
+
+class JSONLogFileTests(SynchronousTestCase):
+    def test_json_log_reopened(self) -> None:
+        """The JSON log in twistd's --logfile goes to a new file after logrotate's rename and a reopen."""
+        path = Path(self.mktemp()).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        observer = JSONLinesObserver.to(str(path))
+        observer({"log_format": "one", "log_namespace": "t"})
+        path.rename(path.with_suffix(".1"))
+        observer.reopen()
+        observer({"log_format": "two", "log_namespace": "t"})
+        path.parent.rename(path.parent.with_name(path.parent.name + "-gone"))
+        observer.reopen()  # the folder is gone: the file open now is kept
+        observer({"log_format": "three", "log_namespace": "t"})
+        moved = path.parent.with_name(path.parent.name + "-gone")
+        self.assertEqual(
+            [
+                json.loads(x)["message"]
+                for x in (moved / path.with_suffix(".1").name).read_text().splitlines()
+            ],
+            ["one"],
+        )
+        self.assertEqual(
+            [json.loads(x)["message"] for x in (moved / path.name).read_text().splitlines()], ["two", "three"]
         )
 
 
