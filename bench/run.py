@@ -4,9 +4,13 @@ side by side, with wrk on loopback.  A benchmark, not a test: it prints a
 table and never fails the build.
 
 Contenders: direct to the upstream (nginx), nginx as a reverse proxy with
-upstream keep-alive, Twisted's ``ReverseProxyResource``, and sora2proxy with
-its full feature set (health monitor, retries, request ids, metrics, admin,
-idempotency store, an access log written to a file).  Scenarios: small GET
+upstream keep-alive, Twisted's ``ReverseProxyResource``, and sora2proxy three
+ways: its defaults (only ``--listen`` and ``--upstream``, plus ``--admin-listen
+none`` so that it does not take the usual admin port; access lines on
+stdout, as ``twistd -n`` users have them, which the harness sends to a file),
+the fastest configuration (the same with ``--access-log off``), and its full
+feature set with the access log in a file and the admin port on.  Every row
+prints the command line it ran.  Scenarios: small GET
 at 1 connection (latency), small GET at 64 connections (requests/s), a 256 MiB
 download (MB/s), 1 MiB POSTs of a video job to the demo backend (requests/s).  Each figure is the median of ROUNDS runs, contenders
 interleaved round by round; the proxy under test runs on CPU 0, wrk and the
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -88,6 +93,14 @@ http {{
 """
 
 
+def twistd_argv(port: int, upstream: str, *options: str) -> list[str]:
+    """
+    C{twistd -n sora2proxy} on loopback C{port} forwarding to C{upstream}.
+    """
+    return [str(BIN / "twistd"), "-n", "--pidfile=", "sora2proxy", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--upstream", upstream, *options]  # fmt: skip
+
+
 def wrk(url: str, connections: int, seconds: float, script: str | None = None) -> str:
     argv = [
         "wrk",
@@ -145,10 +158,14 @@ def start_nextjs(port: int, direct: int) -> bool:
         cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     _EXTRA_CHILDREN.append(child)
+    _NEXT_COMMAND.append(shlex.join(pinned(0, ["npx", "next", "start", "-p", str(port), "-H", "127.0.0.1"])))
     return True
 
 
 _EXTRA_CHILDREN: list[subprocess.Popen[bytes]] = []
+_NEXT_COMMAND: list[str] = []
+#: The sora2proxy rows.
+DEFAULTS, FASTEST, FILE_LOG = "sora2proxy defaults", "sora2proxy fastest", "sora2proxy file log"
 
 
 def main() -> None:
@@ -180,28 +197,52 @@ def main() -> None:
     )
     ports = {
         name: free_port()
-        for name in ("direct", "proxied", "demo", "rpr", "s2p", "admin", "next", "base", "badmin")
+        for name in (
+            "direct",
+            "proxied",
+            "demo",
+            "rpr",
+            "s2p",
+            "admin",
+            "next",
+            "base",
+            "badmin",
+            "dflt",
+            "fast",
+        )
     }
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, **ports))
     children: list[subprocess.Popen[bytes]] = []
+    commands: dict[str, str] = {}  # each row's command line, as run
 
-    def spawn(cpu: int, argv: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    def spawn(cpu: int, argv: list[str], cwd: Path = ROOT, row: str = "") -> subprocess.Popen[bytes]:
         log = (tmp / f"child-{len(children)}.log").open("wb")
         child = subprocess.Popen(pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         children.append(child)
+        if row:
+            commands[row] = shlex.join(pinned(cpu, argv)) + f"  (output: {log.name})"
         return child
 
     try:
         spawn(1, [sys.executable, "-m", "sora2proxy.demo", "--port", str(ports["demo"])])
-        spawn(1, ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
+        spawn(1, ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"], row="direct")
+        commands["nginx"] = f"the same nginx, its proxy_pass server on port {ports['proxied']}"
         wait_port(ports["direct"])
         wait_port(ports["demo"])
-        spawn(0, [sys.executable, str(HERE / "upstreams.py"), "rpr", str(ports["rpr"]), str(ports["direct"])])
-        s2p = spawn(0, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
-                        f"tcp:{ports['s2p']}:interface=127.0.0.1", "--admin-listen",
-                        f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
-                        f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
-                        "--max-inflight", "100000", "--access-log", str(tmp / "access.log")])  # fmt: skip
+        spawn(0, [sys.executable, str(HERE / "upstreams.py"), "rpr", str(ports["rpr"]), str(ports["direct"])],
+              row="ReverseProxyResource")  # fmt: skip
+        origin = f"http://127.0.0.1:{ports['direct']}/api"
+        defaults = spawn(0, twistd_argv(ports["dflt"], origin, "--admin-listen", "none"), row=DEFAULTS)
+        spawn(
+            0,
+            twistd_argv(ports["fast"], origin, "--admin-listen", "none", "--access-log", "off"),
+            row=FASTEST,
+        )
+        spawn(0, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
+                  f"tcp:{ports['s2p']}:interface=127.0.0.1", "--admin-listen",
+                  f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
+                  f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
+                  "--max-inflight", "100000", "--access-log", str(tmp / "access.log")], row=FILE_LOG)  # fmt: skip
         if args.baseline:
             base_bin = args.baseline.resolve() / ".venv" / "bin"
             spawn(0, [str(base_bin / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
@@ -209,16 +250,16 @@ def main() -> None:
                       f"tcp:{ports['badmin']}:interface=127.0.0.1", "--upstream",
                       f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
                       "--max-inflight", "100000", "--access-log", str(tmp / "access-baseline.log")],
-                  cwd=args.baseline.resolve())  # fmt: skip
+                  cwd=args.baseline.resolve(), row="sora2proxy baseline")  # fmt: skip
             wait_port(ports["base"])
         workers_port = free_port()
         spawn(-1, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy",
                    "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
                    "none", "--upstream", f"http://127.0.0.1:{ports['direct']}", "--prefix", "/",
                    "--max-body", "8388608", "--max-inflight", "100000",
-                   "--access-log", str(tmp / "access-workers.log")])  # fmt: skip
+                   "--access-log", str(tmp / "access-workers.log")], row="sora2proxy 2 workers*")  # fmt: skip
         nextjs = start_nextjs(ports["next"], ports["direct"])
-        for port in (ports["rpr"], ports["s2p"], workers_port):
+        for port in (ports["rpr"], ports["s2p"], ports["dflt"], ports["fast"], workers_port):
             wait_port(port)
         if nextjs:
             wait_port(ports["next"], 60)
@@ -226,13 +267,16 @@ def main() -> None:
             "direct": f"http://127.0.0.1:{ports['direct']}",
             "nginx": f"http://127.0.0.1:{ports['proxied']}",
             "ReverseProxyResource": f"http://127.0.0.1:{ports['rpr']}",
-            "sora2proxy": f"http://127.0.0.1:{ports['s2p']}",
+            DEFAULTS: f"http://127.0.0.1:{ports['dflt']}",
+            FASTEST: f"http://127.0.0.1:{ports['fast']}",
+            FILE_LOG: f"http://127.0.0.1:{ports['s2p']}",
             "sora2proxy 2 workers*": f"http://127.0.0.1:{workers_port}",
         }
         if args.baseline:
             contenders["sora2proxy baseline"] = f"http://127.0.0.1:{ports['base']}"
         if nextjs:
             contenders["Next.js route (seed)"] = f"http://127.0.0.1:{ports['next']}"
+            commands["Next.js route (seed)"] = f"{_NEXT_COMMAND[0]} (in {HERE / 'nextjs'}, API_URL={origin})"
         scenarios = {
             "latency": ("/api/small.json", 1, None),
             "rps64": ("/api/small.json", 64, None),
@@ -240,8 +284,9 @@ def main() -> None:
             "post1m": ("/demo/api/videos", 16, str(post_script)),
         }
         time.sleep(1)
-        for base in contenders.values():  # warm up
-            wrk(base + "/api/small.json", 8, 1)
+        for contender, base in contenders.items():  # warm up
+            routed = contender.startswith("Next.js") or contender in (DEFAULTS, FASTEST)
+            wrk(base + ("/api/proxy/small.json" if routed else "/api/small.json"), 8, 1)
         results: dict[str, dict[str, list[dict[str, float]]]] = {
             c: {s: [] for s in scenarios} for c in contenders
         }
@@ -249,7 +294,7 @@ def main() -> None:
         for round_number in range(args.rounds):
             for scenario, (path, conns, script) in scenarios.items():
                 for contender, base in contenders.items():
-                    if contender.startswith("Next.js"):
+                    if contender.startswith("Next.js") or contender in (DEFAULTS, FASTEST):  # /api/proxy/...
                         target = base + (
                             "/api/proxy/upload"
                             if scenario == "post1m"
@@ -265,7 +310,7 @@ def main() -> None:
                 f"round {round_number + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
-        status_lines = Path(f"/proc/{s2p.pid}/status").read_text().splitlines()
+        status_lines = Path(f"/proc/{defaults.pid}/status").read_text().splitlines()
         s2p_rss = int(next(x for x in status_lines if x.startswith("VmHWM:")).split()[1]) / 1024
 
         def median(contender: str, scenario: str, key: str) -> float:
@@ -276,25 +321,29 @@ def main() -> None:
         direct_p99 = median("direct", "latency", "p99")
         print()
         print(
-            f"{'contender':<22}{'64 conns req/s':>16}{'added p50 ms':>14}{'added p99 ms':>14}{'download MB/s':>15}{'1 MiB POST/s':>14}"
+            f"{'contender':<26}{'64 conns req/s':>16}{'added p50 ms':>14}{'added p99 ms':>14}{'download MB/s':>15}{'1 MiB POST/s':>14}"
         )
         for contender in contenders:
             print(
-                f"{contender:<22}{median(contender, 'rps64', 'rps'):>16,.0f}"
+                f"{contender:<26}{median(contender, 'rps64', 'rps'):>16,.0f}"
                 f"{median(contender, 'latency', 'p50') - direct_p50:>14.3f}"
                 f"{median(contender, 'latency', 'p99') - direct_p99:>14.3f}"
                 f"{median(contender, 'download', 'mbps'):>15,.0f}{median(contender, 'post1m', 'rps'):>14,.1f}"
             )
-        s2p = "sora2proxy"
+        s2p = DEFAULTS
         print()
-        print("ratios (sora2proxy / other, same run):")
-        for other in [c for c in contenders if c not in ("direct", "sora2proxy")]:
+        print("commands:")
+        for contender in contenders:
+            print(f"  {contender}: {commands.get(contender, '?')}")
+        print()
+        print(f"ratios ({DEFAULTS} / other, same run):")
+        for other in [c for c in contenders if c not in ("direct", DEFAULTS)]:
             print(
                 f"  vs {other:<22} req/s x{median(s2p, 'rps64', 'rps') / median(other, 'rps64', 'rps'):.2f}"
                 f"   download x{median(s2p, 'download', 'mbps') / median(other, 'download', 'mbps'):.2f}"
                 f"   POST x{median(s2p, 'post1m', 'rps') / median(other, 'post1m', 'rps'):.2f}"
             )
-        print(f"sora2proxy peak RSS over the whole run: {s2p_rss:.0f} MiB")
+        print(f"{DEFAULTS} peak RSS over the whole run: {s2p_rss:.0f} MiB")
         print("* 2 workers are not pinned: they share both cores with wrk and the upstream")
         bad = {c: sum(r.get("non2xx", 0) for s in results[c].values() for r in s) for c in contenders}
         print(f"non-2xx answers (should be 0): {bad}")

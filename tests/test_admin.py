@@ -392,11 +392,12 @@ class BrowserStatesTests(LoopbackMixin, TestCase):
 
 class ProcessTests(SynchronousTestCase):
     def test_json_logs(self) -> None:
-        """--log-format json writes one JSON object a line, with the access event's fields."""
+        """--log-format json with --access-log log: the JSON observer writes the access event's fields."""
         backend_port = start_backend(self)
         proxy, port = start_proxy_process(
             self,
             "--admin-listen", "none", "--upstream", f"http://127.0.0.1:{backend_port}/api", "--log-format", "json",
+            "--access-log", "log",
         )  # fmt: skip
         status, headers, _ = get(f"http://127.0.0.1:{port}/api/proxy/jobs?x=1")
         self.assertEqual(status, 200)

@@ -115,6 +115,13 @@ class RefusedAtOnce(SynchronousTestCase):
             self.assertEqual(status, 400, data)
             self.assertIn(words, message, data)
 
+    def test_refusal_dated(self) -> None:
+        """A refused head's answer carries the site's Date, as every other answer does."""
+        channel, transport, clock = channel_for(Recorder())
+        clock.advance(784111777)  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example)
+        channel.dataReceived(b"GET /a HTTP/2.0\r\nHost: p\r\n\r\n")
+        self.assertIn(b"\r\ndate: sun, 06 nov 1994 08:49:37 gmt\r\n", transport.value().lower())
+
     def test_header_count_limit(self) -> None:
         """100 headers are served; 101 in a complete head get 431."""
         head = b"GET / HTTP/1.1\r\nHost: p\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n"

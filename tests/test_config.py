@@ -4,6 +4,7 @@ Options, defaults and validation: the command line as users and scripts see it.
 
 from __future__ import annotations
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ConfigError, ProxyConfig
@@ -35,7 +36,11 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.suggestion, "Run: npm run dev:api")
         self.assertFalse(config.dev)
         self.assertFalse(config.retry_all_methods)
-        self.assertEqual(config, ProxyConfig())
+        # The command line's access log follows twistd's own log (standard output outside
+        # twistd, as under -n); ProxyConfig's default, for embedding, stays log events.
+        self.assertEqual(config.access_log, "-")
+        self.assertEqual(ProxyConfig().access_log, "log")
+        self.assertEqual(config, attrs.evolve(ProxyConfig(), access_log="-"))
 
     def test_every_option(self) -> None:
         """Every option reaches the configuration."""

@@ -85,6 +85,10 @@ class MakeRunTests(SynchronousTestCase):
         make = Child(self, argv, cwd=str(ROOT), start_new_session=True)
         ok = eventually(proxied_200, seconds=60)
         self.assertTrue(ok, "".join(make.lines))
+        # As the README shows: each request is an access line in make run's terminal.
+        make.wait_for(
+            r"^\S+ \[sora2proxy\.access\] GET /api/proxy/videos 200 tries=\d+ \d+ms  id=[0-9a-f]{32}$"
+        )
         return make
 
     def kill_all(self, pids: set[int]) -> None:

@@ -228,11 +228,15 @@ class ProxyError:
         return page.encode("utf-8")
 
 
-def raw_error(kind: ErrorKind, message: str, details: Mapping[str, Any], request_id: str) -> bytes:
+def raw_error(
+    kind: ErrorKind, message: str, details: Mapping[str, Any], request_id: str, date: bytes | None = None
+) -> bytes:
     """
     A whole HTTP/1.1 error response as bytes, C{Connection: close}, for a
     connection the proxy is about to close without twisted.web's request
     machinery (refused request heads and bodies, WebSocket handshakes).
+
+    @param date: the C{Date} header's value (C{HTTPDate.now()}), if any.
     """
     body = json.dumps(
         {"error": kind.title, "message": message, "details": {"errorType": kind.error_type, **details}}
@@ -240,8 +244,8 @@ def raw_error(kind: ErrorKind, message: str, details: Mapping[str, Any], request
     phrase = reason_phrase(kind.status)
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\nconnection: close\r\n\r\n"
-    ) % (kind.status, phrase, len(body), request_id.encode("ascii"))
+        b"x-request-id: %s\r\n%sconnection: close\r\n\r\n"
+    ) % (kind.status, phrase, len(body), request_id.encode("ascii"), b"date: %s\r\n" % date if date else b"")
     return head + body
 
 

@@ -55,6 +55,7 @@ class Proxy:
         connections), for instance as a child of the application's service.
     @ivar balancer: the upstreams, each with its health and ejection state.
     @ivar telemetry: metrics, in-flight count and status board (for an admin page).
+    @ivar access: where the access lines go (C{--access-log}).
     @ivar refusals: give it to the L{ProxySite} that serves C{resource}: the
         requests the site refuses before C{resource} sees them (malformed
         heads, bodies too large) are then logged and counted as the others.
@@ -66,6 +67,7 @@ class Proxy:
     telemetry: Telemetry
     refusals: RefusalListener | None = None
     reloadables: tuple[Reloadable, ...] = ()
+    access: AccessSink | None = None
 
     def reconfigure(self, config: ProxyConfig) -> None:
         """
@@ -205,7 +207,7 @@ def build_proxy(
     # (a Reloadable: reconfigure(config)) is added here, before the parts swap.
     live = _LiveParts(resource, lambda config: rate_limits(config, clock, telemetry))
     reloadables: tuple[Reloadable, ...] = (upstreams, live)
-    return Proxy(resource, service, balancer, telemetry, refusals, reloadables)
+    return Proxy(resource, service, balancer, telemetry, refusals, reloadables, access)
 
 
 def _pooled_client(

@@ -17,10 +17,12 @@ from twisted.logger import ILogObserver
 from ._config import ProxyConfig
 from ._proxy import build_proxy
 from .http._site import ProxySite, QuietSite
+from .ops._access_log import FileSink
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
 from .ops._listening import STARTUP_FAILED, listen_now, listen_shared_now
 from .ops._logs import JSONLinesObserver
 from .ops._reload import Loaded, Reloader, ReloadOnHangup
+from .ops._reopen import ReopenOnSignal
 from .ops._spawn import SpawnedCommand
 from .ops._workers import sora2proxy_args, worker_command
 
@@ -31,6 +33,7 @@ def build_service(
     reactor: Any,
     load: Callable[[], Loaded] | None = None,
     path: str | None = None,
+    log_file: str | None = None,
 ) -> IService:
     """
     The whole proxy as one service, its ports already bound.  Its children stop one after another,
@@ -41,9 +44,12 @@ def build_service(
     @param load: re-reads the configuration for a reload (SIGHUP); by
         default the same configuration again.
     @param path: the C{--config} file, for the status page and the log.
+    @param log_file: where twistd writes its log (L{None}: standard output).
     @raise ConfigError: a port cannot be bound.
     """
-    top = _Top(config.log_format)
+    top = _Top(JSONLinesObserver.to(log_file) if config.log_format == "json" else None)
+    if top.observer is not None and log_file is not None:
+        ReopenOnSignal(top.observer, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     if config.workers > 1 and config.worker_index is None:
         _workers(config, reactor, top)
         return top
@@ -64,6 +70,8 @@ def build_service(
     for child in children:
         child.setServiceParent(top)  # type: ignore[no-untyped-call]
     proxy.service.setServiceParent(top)
+    if isinstance(proxy.access, FileSink) and proxy.access.path is not None:
+        ReopenOnSignal(proxy.access, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     listeners = DrainingListeners(proxy.telemetry, reactor, config.drain_timeout)
     site = ProxySite(proxy.resource, config, reactor=reactor, refusals=proxy.refusals)
     bind = listen_now if config.worker_index is None else listen_shared_now
@@ -83,7 +91,9 @@ def _workers(config: ProxyConfig, reactor: Any, top: _Top) -> None:
     fatal = ExitOnce(reactor)
     workers = []
     for index in range(config.workers):
-        command = worker_command(sora2proxy_args(sys.argv), index, config.admin_listen)
+        # Each worker writes where the parent's default put the access lines (resolved here).
+        argv = [*sora2proxy_args(sys.argv), "--access-log", config.access_log]
+        command = worker_command(argv, index, config.admin_listen)
         worker = SpawnedCommand(command, reactor, fatal_status=STARTUP_FAILED, on_fatal=fatal)
         worker.setServiceParent(top)  # type: ignore[no-untyped-call]
         workers.append(worker)
@@ -101,14 +111,15 @@ def _hangup(workers: list[SpawnedCommand]) -> None:
 class _Top(StopInOrder):
     """
     The service twistd runs; with C{--log-format json} it gives the
-    application a JSON-lines log observer (twistd's hook for one).
+    application a JSON-lines log observer (twistd's hook for one), writing
+    where twistd would write its log.
     """
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self, observer: JSONLinesObserver | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._log_format = log_format
+        self.observer = observer
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
-        if self._log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, JSONLinesObserver(sys.stdout))
+        if self.observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.observer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -25,6 +26,7 @@ from ._config import (
     upstream_from_environment,
 )
 from ._service import build_service
+from .ops._access_log import default_access_log, twistd_log_file
 from .ops._config_file import arguments_from_file
 from .ops._listening import check_port_range, exit_at_startup
 from .ops._reload import Loaded
@@ -157,8 +159,10 @@ class Options(usage.Options):
         [
             "access-log",
             None,
-            "log",
-            "Access lines: log (twisted.logger), - (stdout), a file path (buffered, fastest), or off.",
+            None,
+            "Access lines: - (stdout), a file path (buffered, reopened on SIGUSR1), log "
+            "(twisted.logger events), or off [default: stdout under twistd -n, else access.log "
+            "beside twistd's --logfile].",
         ],
         ["workers", None, "1", "Processes serving the public TCP ports (SO_REUSEPORT): one per core."],
         ["worker-index", None, None, "Set by the parent of --workers in each worker; not for people."],
@@ -331,6 +335,7 @@ class Options(usage.Options):
             identity_headers=self._identity_headers(),
             rate_limit=tuple(self["rate-limit"]),
             max_concurrent=tuple(self["max-concurrent"]),
+            access_log=self["access-log"] or default_access_log(self.parent),
         )
 
     def _fields(self) -> dict[str, Any]:
@@ -339,6 +344,7 @@ class Options(usage.Options):
         name; the first bad number (in L{_NUMBERS}' order) is the one named.
         """
         fields: dict[str, Any] = {_field(option): self[option] for option in _WORDS}
+        del fields["access_log"]  # to_config's, with its default
         fields.update({_field(option): bool(self[option]) for option in _FLAGS})
         for option, kind in _NUMBERS:
             text = self[option]
@@ -362,7 +368,7 @@ def _check_endpoint(description: str, option: str = "--listen") -> None:
         raise ConfigError(option, f"{description!r} is not a usable endpoint ({e})") from None
 
 
-def reread(argv: list[str], environ: Mapping[str, str]) -> Loaded:
+def reread(argv: list[str], environ: Mapping[str, str], twistd: Any = None) -> Loaded:
     """
     The configuration of C{argv} and C{environ} read again (the
     C{--config} file with it), for a reload.
@@ -371,6 +377,7 @@ def reread(argv: list[str], environ: Mapping[str, str]) -> Loaded:
     @raise usage.UsageError: a bad command line.
     """
     options = Options(environ, strict=True)
+    options.parent = twistd  # the default access log is where twistd logs, as at the start
     options.parseOptions(argv)
     assert options.config is not None
     return Loaded(options.config, tuple(options.listen))
@@ -383,10 +390,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None
-    argv, environ = options.argv, options.environ
+    config, listen, twistd = options.config, options.listen, options.parent
+    load = partial(reread, options.argv, options.environ, twistd)
     try:
-        return build_service(
-            options.config, options.listen, reactor, lambda: reread(argv, environ), options["config"]
-        )
+        return build_service(config, listen, reactor, load, options["config"], twistd_log_file(twistd))
     except (ValueError, OSError) as e:  # ConfigError for a port that cannot be bound
         exit_at_startup(e)

@@ -33,6 +33,7 @@ from .._errors import (
     write_event_stream_error,
 )
 from .._identity import Identity
+from ..http._date import HTTPDate
 from ..http._trace import Trace
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
@@ -81,6 +82,7 @@ class Responder:
         self.telemetry = telemetry
         self._access = access
         self._children = children
+        self._date = HTTPDate(clock)
 
     def error(
         self,
@@ -178,7 +180,7 @@ class Responder:
         (for a connection closed outside twisted.web).
         """
         shown = self.view(context.request, error)
-        return raw_error(shown.kind, shown.message, shown.details(), context.request_id)
+        return raw_error(shown.kind, shown.message, shown.details(), context.request_id, self._date.now())
 
     def internal_error(self, context: RequestContext, failure: Failure, attempts: int) -> None:
         self.log.failure(

@@ -330,7 +330,8 @@ class ProxyChannel(HTTPChannel):
             "suggestion": message,
         }
         if self.transport is not None:
-            self.transport.write(raw_error(kind, message, details, request_id))
+            date = getattr(getattr(self, "site", None), "date", None)
+            self.transport.write(raw_error(kind, message, details, request_id, date and date.now()))
             self.transport.loseConnection()
         self.tell_refused(kind, message, request_id, seconds, line)
 

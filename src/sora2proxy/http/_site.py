@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site, version
 from .._config import ProxyConfig
 from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
+from ._date import HTTPDate
 from ._headers import put_parsed, request_id_from
 from ._refusal import RefusalListener
 
@@ -90,7 +91,8 @@ class ProxyRequest(Request):
         # and the default headers set without Twisted's per-value checks.
         self.site = site
         put_parsed(self.responseHeaders, b"server", [SERVER])
-        put_parsed(self.responseHeaders, b"date", [datetimeToString()])
+        date = site.date.now() if isinstance(site, ProxySite) else datetimeToString()
+        put_parsed(self.responseHeaders, b"date", [date])
         self.prepath, self.postpath = [], []
         self.sitepath: list[bytes] = []
         try:
@@ -113,7 +115,9 @@ class ProxyRequest(Request):
         channel = self.channel
         assert channel is not None
         assert channel.transport is not None
-        channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id))
+        site = getattr(channel, "site", None)
+        date = site.date.now() if isinstance(site, ProxySite) else None
+        channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id, date))
         channel.loseConnection()
         if isinstance(channel, ProxyChannel):
             channel.tell_refused(BODY_TOO_LARGE, message, request_id)
@@ -141,6 +145,8 @@ class ProxySite(QuietSite):
     refuses is told to C{refusals}.
 
     @ivar config: the proxy's configuration.
+    @ivar date: the C{Date} header of the proxy's own answers, formatted
+        once a second on the site's reactor.
     """
 
     protocol = ProxyChannel  # type: ignore[assignment]
@@ -163,6 +169,7 @@ class ProxySite(QuietSite):
         self.config = config
         self.refusals = refusals
         self.timeOut = config.idle_timeout or None
+        self.date = HTTPDate(self.reactor)
 
     def reconfigure(self, config: ProxyConfig) -> None:
         """

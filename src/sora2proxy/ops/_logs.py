@@ -7,6 +7,7 @@ time, level, namespace and formatted message, plus the event's own fields
 from __future__ import annotations
 
 import json
+import sys
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, formatEvent
@@ -19,10 +20,38 @@ _SCALARS = (str, int, float, bool, type(None))
 class JSONLinesObserver:
     """
     Writes each log event to C{out} as a JSON line.
+
+    @param path: the file C{out} was opened from, for appending (twistd's
+        C{--logfile}): L{reopen} opens it again.
     """
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], path: str | None = None) -> None:
         self._out = out
+        self._path = path
+
+    @classmethod
+    def to(cls, path: str | None) -> JSONLinesObserver:
+        """
+        An observer writing to the file C{path} (appending), or to standard
+        output for L{None}.
+        """
+        if path is None:
+            return cls(sys.stdout)
+        return cls(open(path, "a", encoding="utf-8"), path)
+
+    def reopen(self) -> None:
+        """
+        Open the file's path again (C{logrotate} renamed it); keep the old
+        file if that fails.
+        """
+        if self._path is None:
+            return
+        try:
+            fresh = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError:
+            return
+        old, self._out = self._out, fresh
+        old.close()
 
     def __call__(self, event: dict[str, Any]) -> None:
         record: dict[str, Any] = {
