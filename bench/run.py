@@ -176,7 +176,10 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="another checkout (with its own .venv) run as a second sora2proxy contender, interleaved",
+        action="append",
+        default=[],
+        help="another checkout (with its own .venv) run in the default configuration as one more "
+        "contender, interleaved (repeatable)",
     )
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("nginx"):
@@ -205,8 +208,6 @@ def main() -> None:
             "s2p",
             "admin",
             "next",
-            "base",
-            "badmin",
             "dflt",
             "fast",
         )
@@ -243,15 +244,13 @@ def main() -> None:
                   f"tcp:{ports['admin']}:interface=127.0.0.1", "--upstream",
                   f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
                   "--max-inflight", "100000", "--access-log", str(tmp / "access.log")], row=FILE_LOG)  # fmt: skip
-        if args.baseline:
-            base_bin = args.baseline.resolve() / ".venv" / "bin"
-            spawn(0, [str(base_bin / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy", "--listen",
-                      f"tcp:{ports['base']}:interface=127.0.0.1", "--admin-listen",
-                      f"tcp:{ports['badmin']}:interface=127.0.0.1", "--upstream",
-                      f"http://127.0.0.1:{ports['direct']}", "--prefix", "/", "--max-body", "8388608",
-                      "--max-inflight", "100000", "--access-log", str(tmp / "access-baseline.log")],
-                  cwd=args.baseline.resolve(), row="sora2proxy baseline")  # fmt: skip
-            wait_port(ports["base"])
+        baselines = {}
+        for checkout in args.baseline:
+            row, port = f"baseline {checkout.name}", free_port()
+            argv = twistd_argv(port, origin, "--admin-listen", "none")
+            argv[0] = str(checkout.resolve() / ".venv" / "bin" / "twistd")
+            spawn(0, argv, cwd=checkout.resolve(), row=row)
+            baselines[row] = f"http://127.0.0.1:{port}"
         workers_port = free_port()
         spawn(-1, [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", os.devnull, "sora2proxy",
                    "--workers", "2", "--listen", f"tcp:{workers_port}:interface=127.0.0.1", "--admin-listen",
@@ -272,8 +271,9 @@ def main() -> None:
             FILE_LOG: f"http://127.0.0.1:{ports['s2p']}",
             "sora2proxy 2 workers*": f"http://127.0.0.1:{workers_port}",
         }
-        if args.baseline:
-            contenders["sora2proxy baseline"] = f"http://127.0.0.1:{ports['base']}"
+        for row, url in baselines.items():
+            wait_port(int(url.rsplit(":", 1)[1]))
+            contenders[row] = url
         if nextjs:
             contenders["Next.js route (seed)"] = f"http://127.0.0.1:{ports['next']}"
             commands["Next.js route (seed)"] = f"{_NEXT_COMMAND[0]} (in {HERE / 'nextjs'}, API_URL={origin})"
@@ -285,7 +285,7 @@ def main() -> None:
         }
         time.sleep(1)
         for contender, base in contenders.items():  # warm up
-            routed = contender.startswith("Next.js") or contender in (DEFAULTS, FASTEST)
+            routed = contender.startswith(("Next.js", "baseline")) or contender in (DEFAULTS, FASTEST)
             wrk(base + ("/api/proxy/small.json" if routed else "/api/small.json"), 8, 1)
         results: dict[str, dict[str, list[dict[str, float]]]] = {
             c: {s: [] for s in scenarios} for c in contenders
@@ -294,7 +294,7 @@ def main() -> None:
         for round_number in range(args.rounds):
             for scenario, (path, conns, script) in scenarios.items():
                 for contender, base in contenders.items():
-                    if contender.startswith("Next.js") or contender in (DEFAULTS, FASTEST):  # /api/proxy/...
+                    if contender.startswith(("Next.js", "baseline")) or contender in (DEFAULTS, FASTEST):
                         target = base + (
                             "/api/proxy/upload"
                             if scenario == "post1m"
