@@ -281,6 +281,7 @@ class ProxyConfig:
     @ivar max_inflight: requests handled at once; more get 503 C{OVERLOADED}.
     @ivar header_timeout: seconds a client may take to send a request's headers (0: no limit).
     @ivar idle_timeout: seconds an idle client connection is kept (0: no limit).
+    @ivar h2_max_streams: concurrent streams an HTTP/2 client connection may open.
     @ivar upstream_idle_timeout: seconds an idle upstream connection is kept
         for reuse (below the backend's own keep-alive timeout, so that the
         backend never closes a connection just as a request is sent on it).
@@ -333,6 +334,7 @@ class ProxyConfig:
     max_inflight: int = field(default=1000, validator=_at_least_one)
     header_timeout: float = field(default=10.0, validator=_not_negative)
     idle_timeout: float = field(default=60.0, validator=_not_negative)
+    h2_max_streams: int = field(default=100, validator=_at_least_one)
     upstream_idle_timeout: float = field(default=4.0, validator=_positive)
     tunnel_idle_timeout: float = field(default=300.0, validator=_not_negative)
     idempotency_store: str = field(default="memory", validator=_valid_store)

@@ -82,6 +82,7 @@ _NUMBERS: tuple[tuple[str, type[float] | type[int]], ...] = (
     ("max-inflight", int),
     ("header-timeout", float),
     ("idle-timeout", float),
+    ("h2-max-streams", int),
     ("upstream-idle-timeout", float),
     ("tunnel-idle-timeout", float),
     ("idempotency-ttl", float),
@@ -169,6 +170,12 @@ class Options(usage.Options):
             "Seconds a client may take to send its request headers (0: no limit).",
         ],
         ["idle-timeout", None, "60", "Seconds an idle client connection is kept open (0: no limit)."],
+        [
+            "h2-max-streams",
+            None,
+            "100",
+            "Concurrent streams an HTTP/2 client connection may open (TLS listeners).",
+        ],
         [
             "upstream-idle-timeout",
             None,

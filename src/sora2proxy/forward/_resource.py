@@ -24,6 +24,7 @@ from .._errors import (
     body_too_large_message,
 )
 from .._identity import IdentityRule
+from ..http._h2_heads import protocol_name
 from ..http._headers import REQUEST_ID, request_id_from
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..resilience._retry import RetryPolicy
@@ -99,6 +100,7 @@ class ProxyResource:
             self._clock.seconds(),
             request.method,
             request.uri.decode("latin-1"),
+            protocol=protocol_name(request),
         )
         try:
             self._forward(context)

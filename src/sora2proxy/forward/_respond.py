@@ -22,6 +22,7 @@ from twisted.web.server import Request
 
 from .._config import ProxyConfig
 from .._errors import INTERNAL, ErrorKind, ProxyError, raw_error, sees_internals, write_error
+from ..http._h2_heads import abort_client
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
 
@@ -41,6 +42,7 @@ class RequestContext:
     path: str
     logged: bool = False
     upstream: str | None = None
+    protocol: str = "HTTP/1.1"
 
 
 class Responder:
@@ -163,9 +165,7 @@ class Responder:
             extra["traceback"] = failure.getTraceback()
         request = context.request
         if getattr(request, "startedWriting", False):
-            transport = getattr(request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            abort_client(request)
             self.log_access(context, request.code, attempts, INTERNAL.error_type)
             return
         self.error(
@@ -216,6 +216,7 @@ class Responder:
             error_type,
             context.request_id,
             upstream or self._config.upstream,
+            context.protocol,
         )
 
 
