@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from twisted.internet.defer import Deferred, inlineCallbacks
+from h2.settings import SettingCodes
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import EventLoggingObserver
@@ -24,8 +25,8 @@ from zope.interface import implementer
 from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy.http._site import ProxySite
 
-from .h2_client import H2Client, connect_h2
-from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor
+from .h2_client import HUGE_WINDOW, H2Client, connect_h2
+from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor, refused_port
 
 MiB = 1024 * 1024
 
@@ -125,10 +126,10 @@ class H2Mixin(LoopbackMixin):
         return f"ssl:0:interface=127.0.0.1:privateKey={self.key_file}:certKey={self.cert_file}"
 
     @inlineCallbacks
-    def start_h2_proxy(self, upstream: Resource, **options: Any) -> Any:
-        """Serve a proxy of C{upstream} on a TLS listener; its port and the proxy."""
+    def start_h2_proxy(self, upstream: Resource | str, **options: Any) -> Any:
+        """Serve a proxy of C{upstream} (or of that URL) on a TLS listener; its port and the proxy."""
         self.certificate()
-        _, url = self.start_upstream(upstream)
+        url = upstream if isinstance(upstream, str) else self.start_upstream(upstream)[1]
         config = ProxyConfig(upstream=url, health_path="", **options)
         proxy = build_proxy(config, reactor)
         proxy.service.startService()
@@ -187,3 +188,169 @@ class CurlTests(H2Mixin, TestCase):
         self.assertIn(b"300 succeeded, 0 failed, 0 errored", out)
         self.assertIn(b"status codes: 300 2xx", out)
         self.assertIn(b"Application protocol: h2", out)
+
+
+class StreamTests(H2Mixin, TestCase):
+    """Many streams on one HTTP/2 connection, each forwarded to an HTTP/1.1 upstream."""
+
+    @inlineCallbacks
+    def test_100_concurrent_streams(self) -> Any:
+        """100 requests at once on one connection each get their own 200; the proxy allows 100 streams."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port)
+        self.assertEqual(client.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS], 100)
+        answers = [client.request(b"GET", b"/api/proxy/n/%d" % i) for i in range(100)]
+        yield gatherResults([a.done for a in answers])
+        for i, answer in enumerate(answers):
+            self.assertEqual((answer.status, json_of(answer.content)["uri"]), (200, f"/api/n/{i}"))
+        self.assertEqual(len(upstream.echo.seen), 100)
+
+    @inlineCallbacks
+    def test_max_streams_option(self) -> Any:
+        """--h2-max-streams 7 is what the proxy's SETTINGS frame announces."""
+        port, _ = yield self.start_h2_proxy(StreamingUpstream(), h2_max_streams=7)
+        client = yield self.h2(port)
+        self.assertEqual(client.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS], 7)
+
+    @inlineCallbacks
+    def test_sse_beside_a_256_mib_download(self) -> Any:
+        """An SSE stream's events all arrive, in order, while a 256 MiB download shares the connection."""
+        port, _ = yield self.start_h2_proxy(StreamingUpstream())
+        client = yield self.h2(port, H2Client(window=HUGE_WINDOW, keep=False))
+        big = client.request(b"GET", b"/api/proxy/big/256")
+        yield eventually(lambda: big.received > 4 * MiB, 30, "the download under way")
+        client.keep = True
+        events = client.request(b"GET", b"/api/proxy/events/20")
+        yield events.done
+        client.keep = False
+        self.assertEqual(events.headers[b"content-type"], b"text/event-stream")
+        self.assertEqual(events.content, b"".join(b"data: %d\n\n" % n for n in range(20)))
+        self.assertFalse(big.ended, "the SSE stream ended after the download (not beside it)")
+        yield big.done
+        self.assertEqual((big.status, big.received, big.reset), (200, 256 * MiB, None))
+
+    @inlineCallbacks
+    def test_a_slow_stream_pauses_its_upstream_only(self) -> Any:
+        """A stream whose reader grants no window pauses its upstream; other streams carry on."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port, H2Client(keep=False))
+        slow = client.request(b"GET", b"/api/proxy/big/64")
+        client.slow.add(slow.stream_id)
+        yield eventually(
+            lambda: upstream.producers and upstream.producers[0].paused, 10, "the upstream paused"
+        )
+        for _ in range(3):
+            quick = client.request(b"GET", b"/api/proxy/quick")
+            yield quick.done
+            self.assertEqual(quick.status, 200)
+        zeros = upstream.producers[0]
+        self.assertTrue(zeros.paused)
+        self.assertLess(zeros.written, 8 * MiB)  # of 64: the rest waits upstream
+        self.assertEqual(slow.received, 65535)  # the stream's window, no more
+
+    @inlineCallbacks
+    def test_upstream_dying_mid_body_resets_the_stream(self) -> Any:
+        """An answer cut short upstream is a reset stream (never a complete-looking one); the connection lives."""
+        port, _ = yield self.start_h2_proxy(StreamingUpstream())
+        client = yield self.h2(port)
+        cut = client.request(b"GET", b"/api/proxy/cut")
+        yield cut.done
+        self.assertEqual(cut.status, 200)
+        self.assertIsNotNone(cut.reset)
+        self.assertLess(cut.received, 1000)
+        after = client.request(b"GET", b"/api/proxy/after")
+        yield after.done
+        self.assertEqual(after.status, 200)
+
+
+class ProxyAnswerTests(H2Mixin, TestCase):
+    """The proxy's own answers, limits and idempotency over HTTP/2."""
+
+    @inlineCallbacks
+    def test_upstream_down_is_503_json(self) -> Any:
+        """An upstream that refuses connections: 503 ECONNREFUSED JSON on the stream, as over HTTP/1.1."""
+        port, _ = yield self.start_h2_proxy(f"http://127.0.0.1:{refused_port()}/api", attempts=1)
+        client = yield self.h2(port)
+        answer = client.request(b"GET", b"/api/proxy/x")
+        yield answer.done
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(json_of(answer.content)["details"]["errorType"], "ECONNREFUSED")
+
+    @inlineCallbacks
+    def test_idempotency_key_replayed(self) -> Any:
+        """A POST with an Idempotency-Key sent twice over h2 reaches the upstream once; the second is a replay."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port)
+        key = (b"idempotency-key", b"k-1")
+        first = client.request(b"POST", b"/api/proxy/videos", (key,), b'{"prompt":"a"}')
+        yield first.done
+        second = client.request(b"POST", b"/api/proxy/videos", (key,), b'{"prompt":"a"}')
+        yield second.done
+        self.assertEqual((first.status, second.status), (200, 200))
+        self.assertEqual(second.headers.get(b"idempotent-replayed"), b"true")
+        self.assertEqual(second.content, first.content)
+        self.assertEqual(len(upstream.echo.seen), 1)
+        self.assertEqual(upstream.echo.seen[0].body, b'{"prompt":"a"}')
+
+    @inlineCallbacks
+    def test_connection_specific_fields_refused(self) -> Any:
+        """Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, TE: gzip get a 400 each."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port)
+        for field in (
+            (b"connection", b"close"),
+            (b"keep-alive", b"timeout=5"),
+            (b"proxy-connection", b"keep-alive"),
+            (b"transfer-encoding", b"chunked"),
+            (b"upgrade", b"websocket"),
+            (b"te", b"gzip"),
+        ):
+            answer = client.request(b"GET", b"/api/proxy/x", (field,))
+            yield answer.done
+            self.assertEqual(answer.status, 400, field)
+            error = json_of(answer.content)
+            self.assertEqual(error["details"]["errorType"], "BAD_REQUEST")
+            self.assertIn("WebSocket" if field[0] == b"upgrade" else "RFC 9113", error["message"])
+        self.assertEqual(upstream.echo.seen, [])
+        fine = client.request(b"GET", b"/api/proxy/x", ((b"te", b"trailers"),))
+        yield fine.done
+        self.assertEqual(fine.status, 200)
+        self.assertIsNone(client.terminated)
+
+    @inlineCallbacks
+    def test_head_limits(self) -> Any:
+        """Over 100 fields is a 431; a field with _ in its name is dropped, as over HTTP/1.1."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port)
+        many = tuple((b"x-n%d" % i, b"v") for i in range(110))
+        answer = client.request(b"GET", b"/api/proxy/x", many)
+        yield answer.done
+        self.assertEqual(answer.status, 431)
+        plain = client.request(b"GET", b"/api/proxy/x", ((b"x_user", b"admin"), (b"x-ok", b"1")))
+        yield plain.done
+        self.assertEqual(plain.status, 200)
+        seen = upstream.echo.seen[0].headers
+        self.assertEqual((seen.getRawHeaders(b"x_user"), seen.getRawHeaders(b"x-ok")), (None, [b"1"]))
+
+    @inlineCallbacks
+    def test_body_over_max_body(self) -> Any:
+        """A body over --max-body is a 413 on its stream, with or without Content-Length; the connection lives."""
+        upstream = StreamingUpstream()
+        port, _ = yield self.start_h2_proxy(upstream, max_body=10)
+        client = yield self.h2(port)
+        told = client.request(b"POST", b"/api/proxy/x", ((b"content-length", b"11"),), b"x" * 11)
+        yield told.done
+        untold = client.request(b"POST", b"/api/proxy/x", (), b"x" * 11)
+        yield untold.done
+        for answer in (told, untold):
+            self.assertEqual(answer.status, 413)
+            self.assertEqual(json_of(answer.content)["details"]["errorType"], "BODY_TOO_LARGE")
+        small = client.request(b"POST", b"/api/proxy/x", (), b"x" * 10)
+        yield small.done
+        self.assertEqual(small.status, 200)
+        self.assertEqual([seen.body for seen in upstream.echo.seen], [b"x" * 10])

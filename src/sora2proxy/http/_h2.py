@@ -10,10 +10,11 @@ twisted.web's C{Request} and the site's resource, like HTTP/1.1 ones.
 L{ProxyH2Connection} is Twisted's C{H2Connection} with what a front door
 adds: at most C{max_streams} concurrent streams (C{SETTINGS_MAX_CONCURRENT_STREAMS}),
 a refused head answered on its own stream with the proxy's JSON error (the
-connection and its other streams carry on, RFC 9113 section 8.1.1), and a
-slow connection pausing the producers of all its streams (so an answer
-waits upstream instead of in the proxy's memory, whatever flow-control
-window the client grants).
+connection and its other streams carry on, RFC 9113 section 8.1.1), and at most
+L{STREAM_BUFFER} bytes queued per stream: an answer to a slow reader waits
+upstream instead of in the proxy's memory, whatever flow-control window the
+client grants (Twisted queues up to the window, which a client may set to
+2 GiB), and a slow stream pauses its own upstream, not the connection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection as H2State
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset, WindowUpdated
+from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from twisted.internet.interfaces import IProtocol, IReactorTime
@@ -40,6 +41,8 @@ from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener
 
 #: The ALPN token of HTTP/2.
 H2 = b"h2"
+#: Bytes of answer one stream may hold queued in the proxy, whatever its window.
+STREAM_BUFFER = 256 * 1024
 
 
 @implementer(IProtocol)
@@ -187,23 +190,17 @@ class ProxyH2Connection(H2Connection):
         if event.stream_id in self.streams:
             super()._requestAborted(event)  # type: ignore[no-untyped-call]
 
-    # A slow connection: every stream's producer waits (the upstream read
-    # pauses) until the transport wants more.
-    def pauseProducing(self) -> None:
-        super().pauseProducing()  # type: ignore[no-untyped-call]
-        self._block_all()
+    # However large a window the client grants, a stream holds at most
+    # STREAM_BUFFER bytes queued in the proxy: beyond, its producer (the
+    # upstream read) pauses until frames have gone out.
+    def remainingOutboundWindow(self, streamID: int) -> int:
+        window: int = self.conn.local_flow_control_window(streamID)
+        queued = sum(len(chunk) for chunk in self._outboundStreamQueues[streamID] if isinstance(chunk, bytes))
+        return min(window, STREAM_BUFFER) - queued
 
-    def resumeProducing(self) -> None:
-        super().resumeProducing()  # type: ignore[no-untyped-call]
+    def _sendPrioritisedData(self, *args: object) -> None:
+        super()._sendPrioritisedData(*args)  # type: ignore[no-untyped-call]
         if self._consumerBlocked is None:
             for stream in list(self.streams.values()):
-                stream.windowUpdated()
-
-    def _handleWindowUpdate(self, event: WindowUpdated) -> None:
-        super()._handleWindowUpdate(event)  # type: ignore[no-untyped-call]
-        if self._consumerBlocked is not None:
-            self._block_all()
-
-    def _block_all(self) -> None:
-        for stream in list(self.streams.values()):
-            stream.flowControlBlocked()
+                if stream.producer is not None and not stream._producerProducing:
+                    stream.windowUpdated()
