@@ -59,6 +59,7 @@ class H2Client(Protocol):
         self.keep = keep
         self.slow: set[int] = set()
         self.answers: dict[int, Answer] = {}
+        self.uploads: dict[int, bytes] = {}
         self.remote_settings: dict[int, int] = {}
         self.settled: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
@@ -93,11 +94,23 @@ class H2Client(Protocol):
             (b":path", path),
         ]
         self.conn.send_headers(stream_id, fields + list(headers), end_stream=not body)
-        if body:
-            self.conn.send_data(stream_id, body, end_stream=True)
         answer = self.answers[stream_id] = Answer(stream_id)
+        if body:
+            self.uploads[stream_id] = body
+            self._upload(stream_id)
         self._flush()
         return answer
+
+    def _upload(self, stream_id: int) -> None:
+        # As much of the body as the proxy's windows allow, in frames it takes.
+        body = self.uploads.get(stream_id, b"")
+        while body:
+            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            if size <= 0:
+                break
+            self.conn.send_data(stream_id, body[:size], end_stream=len(body) <= size)
+            body = body[size:]
+        self.uploads[stream_id] = body
 
     def dataReceived(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
@@ -128,6 +141,9 @@ class H2Client(Protocol):
         elif isinstance(event, h2.events.StreamReset):
             self.answers[event.stream_id].reset = event.error_code
             self._finish(event.stream_id)
+        elif isinstance(event, h2.events.WindowUpdated):
+            for stream_id in list(self.uploads):
+                self._upload(stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = event
 

@@ -251,6 +251,38 @@ class StreamTests(H2Mixin, TestCase):
         self.assertEqual(slow.received, 65535)  # the stream's window, no more
 
     @inlineCallbacks
+    def test_client_resetting_a_stream_stops_its_upstream(self) -> Any:
+        """A client that resets a download's stream stops the upstream read; the connection carries on."""
+        upstream = StreamingUpstream()
+        port, proxy = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port, H2Client(keep=False))
+        big = client.request(b"GET", b"/api/proxy/big/64")
+        client.slow.add(big.stream_id)
+        yield eventually(lambda: big.received, 10, "the download under way")
+        client.conn.reset_stream(big.stream_id)
+        client.transport.write(client.conn.data_to_send())
+        yield eventually(lambda: upstream.producers[0].left == -1, 10, "the upstream stopped")
+        self.assertLess(upstream.producers[0].written, 64 * MiB)
+        yield eventually(lambda: proxy.telemetry.in_flight == 0, 10, "the request ended")
+        after = client.request(b"GET", b"/api/proxy/after")
+        yield after.done
+        self.assertEqual(after.status, 200)
+
+    @inlineCallbacks
+    def test_a_5_mib_upload(self) -> Any:
+        """A 5 MiB request body sent over h2 reaches the upstream byte for byte."""
+        upstream = StreamingUpstream()
+        port, proxy = yield self.start_h2_proxy(upstream)
+        client = yield self.h2(port, H2Client(window=HUGE_WINDOW))
+        body = bytes(range(256)) * (5 * 4096)
+        answer = client.request(b"POST", b"/api/proxy/upload", (), body)
+        yield answer.done
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(upstream.echo.seen[0].body, body)
+        count = proxy.telemetry.registry.get_sample_value
+        self.assertEqual(count("sora2proxy_requests_total", {"method": "POST", "status": "200"}), 1)
+
+    @inlineCallbacks
     def test_upstream_dying_mid_body_resets_the_stream(self) -> Any:
         """An answer cut short upstream is a reset stream (never a complete-looking one); the connection lives."""
         port, _ = yield self.start_h2_proxy(StreamingUpstream())

@@ -35,7 +35,7 @@ from twisted.web._http2 import H2Connection
 from zope.interface import implementer
 
 from ._channel import MAX_HEAD_BYTES
-from ._h2_heads import HTTP2, HeadProblem, dropped_underscores, error_body, head_problem
+from ._h2_heads import HTTP2, HeadProblem, error_body, head_problem
 from ._headers import new_request_id
 from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener
 
@@ -106,7 +106,6 @@ class ProxyH2Connection(H2Connection):
         site: Any,
         max_streams: int,
         max_body: int,
-        allow_underscore_headers: bool = False,
         on_refused: RefusalListener | None = None,
     ) -> None:
         """
@@ -132,7 +131,6 @@ class ProxyH2Connection(H2Connection):
         )
         self.max_streams = max_streams
         self._max_body = max_body
-        self._allow_underscore = allow_underscore_headers
         self._on_refused = on_refused
 
     def _requestReceived(self, event: RequestReceived) -> None:
@@ -141,8 +139,6 @@ class ProxyH2Connection(H2Connection):
         if problem is not None:
             self._refuse(event.stream_id, headers, problem)
             return
-        if not self._allow_underscore:
-            event.headers = dropped_underscores(headers)
         super()._requestReceived(event)  # type: ignore[no-untyped-call]
 
     def _refuse(self, stream_id: int, headers: list[tuple[bytes, bytes]], problem: HeadProblem) -> None:

@@ -5,8 +5,9 @@ stream is answered without a connection of its own to close.
 L{head_problem} applies the rules of RFC 9113 section 8.2.2
 (connection-specific fields, C{TE} other than C{trailers}), the rest of
 hyper-h2's own header validation, and the head limits and C{Host} rules the
-HTTP/1.1 channel applies (100 fields, 32 KiB, a valid C{:authority}, no C{_}
-in names unless allowed).  L{abort_client} cuts a client's answer short on
+HTTP/1.1 channel applies (100 fields, 32 KiB, a valid C{:authority}); fields
+whose names hold C{_} are left out when the request is forwarded, as for
+HTTP/1.1.  L{abort_client} cuts a client's answer short on
 either protocol: the connection for HTTP/1.1, the stream (C{RST_STREAM}) for
 HTTP/2.
 """
@@ -109,14 +110,6 @@ def _length(headers: Sequence[Header], max_body: int) -> HeadProblem | None:
         if name == b"content-length" and value.isdigit() and int(value) > max_body:
             return HeadProblem(BODY_TOO_LARGE, body_too_large_message(max_body))
     return None
-
-
-def dropped_underscores(headers: Sequence[Header]) -> list[Header]:
-    """
-    @return: C{headers} without the fields whose names hold C{_} (as the
-        HTTP/1.1 channel drops them, and nginx does).
-    """
-    return [(name, value) for name, value in headers if name.startswith(b":") or b"_" not in name]
 
 
 def error_body(kind: ErrorKind, message: str, details: Mapping[str, Any]) -> bytes:

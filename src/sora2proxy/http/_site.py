@@ -142,6 +142,4 @@ class ProxySite(QuietSite):
 
     def _h2_connection(self) -> ProxyH2Connection:
         config = self.config
-        return ProxyH2Connection(
-            self, config.h2_max_streams, config.max_body, config.allow_underscore_headers, self.refusals
-        )
+        return ProxyH2Connection(self, config.h2_max_streams, config.max_body, self.refusals)
