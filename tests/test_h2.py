@@ -11,8 +11,9 @@ from typing import Any
 
 import trustme
 from h2.settings import SettingCodes
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.utils import getProcessOutputAndValue
@@ -27,6 +28,8 @@ from sora2proxy.http._site import ProxySite
 
 from .h2_client import HUGE_WINDOW, H2Client, connect_h2
 from .helpers import LoopbackMixin, RecordingUpstream, eventually, json_of, reactor, refused_port
+from .test_fidelity import Raw
+from .test_tunnel import HANDSHAKE, EchoUpstream
 
 MiB = 1024 * 1024
 
@@ -329,9 +332,10 @@ class ProxyAnswerTests(H2Mixin, TestCase):
 
     @inlineCallbacks
     def test_connection_specific_fields_refused(self) -> Any:
-        """Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, TE: gzip get a 400 each."""
+        """Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, TE: gzip get a 400 each, logged and counted."""
         upstream = StreamingUpstream()
-        port, _ = yield self.start_h2_proxy(upstream)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        port, proxy = yield self.start_h2_proxy(upstream)
         client = yield self.h2(port)
         for field in (
             (b"connection", b"close"),
@@ -352,6 +356,12 @@ class ProxyAnswerTests(H2Mixin, TestCase):
         yield fine.done
         self.assertEqual(fine.status, 200)
         self.assertIsNone(client.terminated)
+        count = proxy.telemetry.registry.get_sample_value
+        self.assertEqual(count("sora2proxy_errors_total", {"error_type": "BAD_REQUEST"}), 6)
+        lines = [e["access"] for e in observer if "access" in e]
+        self.assertEqual(len(lines), 7)
+        self.assertTrue(all(line.endswith(" proto=HTTP/2.0") for line in lines), lines)
+        self.assertTrue(lines[0].startswith("GET /api/proxy/x 400 tries=0 "), lines[0])
 
     @inlineCallbacks
     def test_head_limits(self) -> Any:
@@ -386,3 +396,26 @@ class ProxyAnswerTests(H2Mixin, TestCase):
         yield small.done
         self.assertEqual(small.status, 200)
         self.assertEqual([seen.body for seen in upstream.echo.seen], [b"x" * 10])
+
+
+class WebSocketTests(H2Mixin, TestCase):
+    """WebSocket on the TLS listener stays HTTP/1.1."""
+
+    @inlineCallbacks
+    def test_websocket_over_tls_http11(self) -> Any:
+        """A client that negotiates http/1.1 on the TLS listener opens a WebSocket tunnel that echoes."""
+        upstream = EchoUpstream(self)
+        port, proxy = yield self.start_h2_proxy(upstream.url)
+        authority = ssl.Certificate.loadPEM(self.ca_pem)
+        options = ssl.optionsForClientTLS("localhost", trustRoot=authority, acceptableProtocols=[b"http/1.1"])
+        client = Raw()
+        yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, options), client)
+        self.addCleanup(client.transport.loseConnection)
+        client.transport.write(HANDSHAKE)
+        head = yield client.wait_for(b"\r\n\r\n").addTimeout(10, reactor)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        client.transport.write(b"\x81\x82" + b"\x00\x00\x00\x00" + b"hi")  # a masked text frame, mask 0
+        echoed = yield client.wait_for(b"\x81\x02hi").addTimeout(10, reactor)
+        self.assertTrue(echoed.endswith(b"\x81\x02hi"))
+        client.transport.loseConnection()
+        yield eventually(lambda: proxy.telemetry.in_flight == 0 and upstream.open == 0, what="tunnel closed")
