@@ -6,10 +6,12 @@ pace the test controls.
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import trustme
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
@@ -215,6 +217,18 @@ class StreamTests(H2Mixin, TestCase):
         port, _ = yield self.start_h2_proxy(StreamingUpstream(), h2_max_streams=7)
         client = yield self.h2(port)
         self.assertEqual(client.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS], 7)
+
+    @inlineCallbacks
+    def test_more_streams_than_allowed_close_the_connection(self) -> Any:
+        """A client that opens a third stream where 2 are allowed gets GOAWAY; its connection closes."""
+        port, _ = yield self.start_h2_proxy(StreamingUpstream(), h2_max_streams=2)
+        client = yield self.h2(port)
+        client.conn.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = deque([10])  # it lies
+        for _ in range(3):
+            client.request(b"GET", b"/api/proxy/events/50")
+        yield client.closed.addTimeout(10, reactor)  # not left to the idle timeout (60 s)
+        self.assertIsNotNone(client.terminated)
+        self.assertEqual(client.terminated.error_code, ErrorCodes.PROTOCOL_ERROR)
 
     @inlineCallbacks
     def test_sse_beside_a_256_mib_download(self) -> Any:

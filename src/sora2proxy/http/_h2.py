@@ -30,6 +30,7 @@ from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from twisted.internet.interfaces import IProtocol, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from zope.interface import implementer
@@ -185,6 +186,16 @@ class ProxyH2Connection(H2Connection):
     def _requestAborted(self, event: StreamReset) -> None:
         if event.stream_id in self.streams:
             super()._requestAborted(event)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
+        super().connectionLost(reason, _cancelTimeouts)  # type: ignore[no-untyped-call]
+        # Closing the connection itself (after a GOAWAY either way, a protocol
+        # error), it stays the transport's producer, and a TLS transport
+        # waits for its producer to go before it closes: without this, the
+        # connection lingered until the idle timeout.
+        transport: Any = self.transport
+        if transport is not None and getattr(transport, "disconnecting", False):
+            transport.unregisterProducer()
 
     # However large a window the client grants, a stream holds at most
     # STREAM_BUFFER bytes queued in the proxy: beyond, its producer (the
