@@ -379,7 +379,7 @@ class ProxyAnswerTests(H2Mixin, TestCase):
 
     @inlineCallbacks
     def test_head_limits(self) -> Any:
-        """Over 100 fields is a 431; a field with _ in its name is dropped, as over HTTP/1.1."""
+        """Over 100 fields is a 431; a field with _ in its name is dropped, as over HTTP/1.1; cookies go on in one field."""
         upstream = StreamingUpstream()
         port, _ = yield self.start_h2_proxy(upstream)
         client = yield self.h2(port)
@@ -387,11 +387,15 @@ class ProxyAnswerTests(H2Mixin, TestCase):
         answer = client.request(b"GET", b"/api/proxy/x", many)
         yield answer.done
         self.assertEqual(answer.status, 431)
-        plain = client.request(b"GET", b"/api/proxy/x", ((b"x_user", b"admin"), (b"x-ok", b"1")))
+        fields = ((b"x_user", b"admin"), (b"x-ok", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2"))
+        plain = client.request(b"GET", b"/api/proxy/x", fields)
         yield plain.done
         self.assertEqual(plain.status, 200)
         seen = upstream.echo.seen[0].headers
         self.assertEqual((seen.getRawHeaders(b"x_user"), seen.getRawHeaders(b"x-ok")), (None, [b"1"]))
+        self.assertEqual(
+            seen.getRawHeaders(b"cookie"), [b"a=1; b=2"]
+        )  # one field in HTTP/1.1 (RFC 9113 8.2.3)
 
     @inlineCallbacks
     def test_body_over_max_body(self) -> Any:
