@@ -171,6 +171,8 @@ class CurlTests(H2Mixin, TestCase):
         seen = upstream.echo.seen[0]
         self.assertEqual(seen.headers.getRawHeaders(b"x-forwarded-host"), [f"localhost:{port}".encode()])
         self.assertEqual(seen.headers.getRawHeaders(b"x-forwarded-proto"), [b"https"])
+        self.assertEqual(seen.headers.getRawHeaders(b"via"), [b"2 sora2proxy"])  # received over HTTP/2
+        self.assertIn(b"\r\nvia: 1.1 sora2proxy", head)  # the answer came from HTTP/1.1
         lines = yield eventually(lambda: [e for e in observer if "access" in e])
         self.assertEqual(lines[0]["protocol"], "HTTP/2.0")
         self.assertTrue(lines[0]["access"].endswith(" proto=HTTP/2.0"), lines[0]["access"])

@@ -25,6 +25,7 @@ from ..http._headers import (
     REQUEST_ID,
     SET_BY_CLIENT,
     VIA,
+    VIA_H2,
     Fields,
     connection_named,
     forwarded_element,
@@ -209,5 +210,5 @@ def forwarded_headers(
         if preserve_host:
             fields[b"host"] = (b"Host", [host])
     append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
-    append(b"via", b"Via", VIA)
+    append(b"via", b"Via", VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
     return headers_of(fields)
