@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection as H2State
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from sora2proxy import ProxyConfig
 from sora2proxy.http._h2 import ProxyH2Connection
@@ -105,3 +108,43 @@ class NegotiatedChannelTests(SynchronousTestCase):
             channel.dataReceived(b"GET / HTTP/1.1\r\nHost: p\r\n\r\n")
             self.assertNotIsInstance(channel._channel, ProxyH2Connection)
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 "), transport.value())
+
+
+class Waits(Resource):
+    """Answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """--idle-timeout over HTTP/2, on a Clock."""
+
+    def test_no_idle_timeout_while_a_request_is_handled(self) -> None:
+        """A request still waiting for its answer after --idle-timeout keeps its connection; an idle one closes."""
+        clock = MemoryReactorClock()
+        resource = Waits()
+        site = ProxySite(resource, ProxyConfig(idle_timeout=5), reactor=clock)
+        channel = site.buildProtocol(None)
+        transport = Negotiated(b"h2")
+        channel.makeConnection(transport)
+        client = H2State(H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.send_headers(1, BASE, end_stream=True)
+        channel.dataReceived(client.data_to_send())
+        self.assertEqual(len(resource.waiting), 1)
+        clock.advance(60)
+        self.assertFalse(transport.disconnecting)
+        resource.waiting[0].write(b"late")
+        resource.waiting[0].finish()
+        clock.advance(0)  # the answer goes out
+        self.assertFalse(transport.disconnecting)
+        clock.advance(5)
+        self.assertTrue(transport.disconnecting)

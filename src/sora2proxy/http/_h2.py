@@ -117,7 +117,7 @@ class ProxyH2Connection(H2Connection):
         super().__init__(reactor)  # type: ignore[no-untyped-call]
         self.requestFactory = site.requestFactory
         self.site = self.factory = site
-        self.timeOut = site.timeOut
+        self.timeOut = self._idle_timeout = site.timeOut
         self.callLater = reactor.callLater  # type: ignore[method-assign,assignment]
         # The head is validated here (head_problem, hyper-h2's own rules
         # included) so that a bad one is a stream error, not the connection's end.
@@ -141,6 +141,14 @@ class ProxyH2Connection(H2Connection):
             self._refuse(event.stream_id, headers, problem)
             return
         super()._requestReceived(event)  # type: ignore[no-untyped-call]
+        # As HTTP/1.1's channel does, no idle timeout while a request is
+        # handled (an upstream slow to answer, a quiet SSE stream).
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)  # type: ignore[no-untyped-call]
+        if not self.streams and self._stillProducing:
+            self.setTimeout(self._idle_timeout)  # type: ignore[no-untyped-call]
 
     def _refuse(self, stream_id: int, headers: list[tuple[bytes, bytes]], problem: HeadProblem) -> None:
         kind = problem.kind
