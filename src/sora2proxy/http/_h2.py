@@ -84,13 +84,17 @@ class NegotiatedChannel:
         self._channel.connectionLost(reason)
 
     def _switch(self, http11: Any) -> H2Connection:
-        network = http11._networkProducer
-        network.unregisterProducer()
-        http11.setTimeout(None)
+        # Only the transport's producer API and the idle timer of the HTTP/1.1
+        # protocol are assumed (it has read nothing yet), so that any channel
+        # the site builds can be replaced.
         transport = http11.transport
+        transport.unregisterProducer()
+        stop_timer = getattr(http11, "setTimeout", None)
+        if stop_timer is not None:
+            stop_timer(None)
         h2 = self._make_h2()
         h2.makeConnection(transport)
-        network.registerProducer(h2, True)
+        transport.registerProducer(h2, True)  # a slow client pauses every stream's sender
         return h2
 
 
