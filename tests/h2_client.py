@@ -36,7 +36,7 @@ class Answer:
     body: list[bytes] = attrs.field(factory=list)
     received: int = 0
     reset: int | None = None
-    ended: bool = False
+    ended: bool = False  # the stream ended (END_STREAM or RST_STREAM), not the connection
     done: Deferred[Answer] = attrs.field(factory=Deferred)
 
     @property
@@ -159,9 +159,11 @@ class H2Client(Protocol):
             self.transport.write(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        # An answer cut short by the connection's end is done, not ended (no
+        # failed Deferred is left for the garbage collector to report).
         for answer in self.answers.values():
             if not answer.done.called:
-                answer.done.errback(reason or Failure(ConnectionError("connection lost")))
+                answer.done.callback(answer)
         self.closed.callback(None)
 
 
