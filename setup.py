@@ -64,7 +64,7 @@ setup(
     packages=[*find_packages("src"), "twisted.plugins"],
     package_data={"sora2proxy": ["py.typed"]},
     install_requires=[
-        "twisted[tls]>=24.7.0",
+        "twisted[tls,http2]>=24.7.0",
         "treq>=23.11.0",
         "klein>=23.5.0",
         "attrs>=23.1.0",

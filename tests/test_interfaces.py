@@ -13,6 +13,7 @@ from io import BytesIO, StringIO
 from pathlib import Path
 
 import trustme
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,6 +29,7 @@ from sora2proxy.forward._relay import BodyRelay
 from sora2proxy.http._chunked import ChunkedEncoder
 from sora2proxy.http._client import UpstreamClient
 from sora2proxy.http._endpoints import PrivateCAPolicy, UpstreamEndpoints
+from sora2proxy.http._h2 import NegotiatedChannel
 from sora2proxy.http._upstream_response import BodyTransport, UpstreamResponse
 from sora2proxy.ops._admin_hosts import LocalHostsOnly
 from sora2proxy.ops._logs import JSONLinesObserver
@@ -71,6 +73,7 @@ INSTANCES: dict[str, Callable[[], object]] = {
     "sora2proxy.http._client.UpstreamClient": lambda: UpstreamClient(Clock(), UpstreamEndpoints(Clock())),
     "sora2proxy.http._endpoints.PrivateCAPolicy": lambda: PrivateCAPolicy(trustme.CA().cert_pem.bytes()),
     "sora2proxy.http._endpoints.UpstreamEndpoints": lambda: UpstreamEndpoints(MemoryReactorClock()),
+    "sora2proxy.http._h2.NegotiatedChannel": lambda: NegotiatedChannel(Protocol(), lambda: None),  # type: ignore[arg-type,return-value]
     "sora2proxy.http._upstream_response.BodyTransport": lambda: BodyTransport(_Connection()),
     "sora2proxy.http._upstream_response.UpstreamResponse": _response,
     "sora2proxy.ops._admin_hosts.LocalHostsOnly": lambda: LocalHostsOnly(Resource()),

@@ -281,11 +281,10 @@ class ProxyConfig:
     @ivar max_inflight: requests handled at once; more get 503 C{OVERLOADED}.
     @ivar header_timeout: seconds a client may take to send a request's headers (0: no limit).
     @ivar idle_timeout: seconds an idle client connection is kept (0: no limit).
-    @ivar upstream_idle_timeout: seconds an idle upstream connection is kept
-        for reuse (below the backend's own keep-alive timeout, so that the
-        backend never closes a connection just as a request is sent on it).
-    @ivar tunnel_idle_timeout: seconds a WebSocket tunnel with no bytes
-        either way is kept open (0: no limit).
+    @ivar h2_max_streams: concurrent streams an HTTP/2 client connection may open.
+    @ivar upstream_idle_timeout: seconds an idle upstream connection is kept for reuse (below
+        the backend's keep-alive timeout: it never closes one as a request is sent on it).
+    @ivar tunnel_idle_timeout: seconds a silent WebSocket tunnel is kept open (0: no limit).
     @ivar idempotency_store: C{memory}, C{off}, or C{redis://HOST:PORT/DB}.
     @ivar idempotency_ttl: seconds a stored answer is replayed.
     @ivar idempotency_max_body: largest answer body stored, in bytes.
@@ -336,6 +335,7 @@ class ProxyConfig:
     max_inflight: int = field(default=1000, validator=_at_least_one)
     header_timeout: float = field(default=10.0, validator=_not_negative)
     idle_timeout: float = field(default=60.0, validator=_not_negative)
+    h2_max_streams: int = field(default=100, validator=_at_least_one)
     upstream_idle_timeout: float = field(default=4.0, validator=_positive)
     tunnel_idle_timeout: float = field(default=300.0, validator=_not_negative)
     idempotency_store: str = field(default="memory", validator=_valid_store)

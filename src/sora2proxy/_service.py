@@ -15,7 +15,7 @@ from twisted.application.service import IService
 from twisted.logger import ILogObserver
 
 from ._config import ProxyConfig
-from ._proxy import build_proxy
+from ._proxy import Proxy, build_proxy
 from .http._site import ProxySite, QuietSite
 from .ops._access_log import FileSink
 from .ops._lifecycle import DrainingListeners, ExitOnce, StopInOrder
@@ -55,11 +55,7 @@ def build_service(
         return top
     children = [SpawnedCommand(spec, reactor) for spec in config.spawn]
     proxy = build_proxy(config, reactor, children=children)
-    loaded = Loaded(config, tuple(listen))
-    reloader = Reloader(load or (lambda: loaded), loaded, path, reactor)
-    reloader.register(proxy)
-    proxy.telemetry.sections["config"] = reloader.snapshot
-    ReloadOnHangup(reactor, reloader.reload).setServiceParent(top)  # type: ignore[no-untyped-call]
+    reloader = _reloader(proxy, Loaded(config, tuple(listen)), load, path, reactor, top)
     if config.admin_listen is not None:
         # Klein imports the global reactor: only here, after twistd installed it.
         from .ops._admin import Admin
@@ -80,6 +76,19 @@ def build_service(
         bind("--listen", description, reactor, site).setServiceParent(listeners)
     listeners.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
+
+
+def _reloader(
+    proxy: Proxy, loaded: Loaded, load: Callable[[], Loaded] | None, path: str | None, reactor: Any, top: _Top
+) -> Reloader:
+    """
+    The SIGHUP reload of C{proxy}, shown on its status page.
+    """
+    reloader = Reloader(load or (lambda: loaded), loaded, path, reactor)
+    reloader.register(proxy)
+    proxy.telemetry.sections["config"] = reloader.snapshot
+    ReloadOnHangup(reactor, reloader.reload).setServiceParent(top)  # type: ignore[no-untyped-call]
+    return reloader
 
 
 def _workers(config: ProxyConfig, reactor: Any, top: _Top) -> None:

@@ -84,6 +84,7 @@ _NUMBERS: tuple[tuple[str, type[float] | type[int]], ...] = (
     ("max-inflight", int),
     ("header-timeout", float),
     ("idle-timeout", float),
+    ("h2-max-streams", int),
     ("upstream-idle-timeout", float),
     ("tunnel-idle-timeout", float),
     ("idempotency-ttl", float),
@@ -174,6 +175,7 @@ class Options(usage.Options):
             "Seconds a client may take to send its request headers (0: no limit).",
         ],
         ["idle-timeout", None, "60", "Seconds an idle client connection is kept open (0: no limit)."],
+        ["h2-max-streams", None, "100", "Concurrent streams of one HTTP/2 client connection (TLS)."],
         [
             "upstream-idle-timeout",
             None,

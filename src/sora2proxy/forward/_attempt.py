@@ -25,6 +25,7 @@ from ..http._headers import (
     REQUEST_ID,
     SET_BY_CLIENT,
     VIA,
+    VIA_H2,
     Fields,
     connection_named,
     forwarded_element,
@@ -211,7 +212,7 @@ def forwarded_headers(
         if preserve_host:
             fields[b"host"] = (b"Host", [host])
     append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
-    append(b"via", b"Via", VIA)
+    append(b"via", b"Via", VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
     if trace is not None:  # the client's traceparent replaced; its tracestate kept only with a valid one
         fields[TRACEPARENT] = (b"traceparent", [trace.traceparent])
         if not trace.continued:

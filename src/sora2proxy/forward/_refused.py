@@ -60,4 +60,5 @@ class RefusalLog:
             refusal.error_type,
             refusal.request_id,
             self.upstream,
+            protocol=refusal.protocol,
         )

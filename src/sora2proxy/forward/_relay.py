@@ -18,6 +18,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from .._errors import reason_phrase
+from ..http._h2_heads import abort_client
 from ..http._headers import (
     HOP_BY_HOP,
     REQUEST_ID,
@@ -127,9 +128,7 @@ class BodyRelay(Protocol):
             return
         # The upstream died mid-body: the client must see a cut transfer,
         # never a complete-looking one.
-        transport = getattr(self._request, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        abort_client(self._request)
         self._done(reason)
 
 

@@ -24,6 +24,7 @@ from .._errors import (
     body_too_large_message,
 )
 from .._identity import IdentityRule
+from ..http._h2_heads import protocol_name
 from ..http._headers import REQUEST_ID, put_parsed, request_id_from
 from ..http._trace import trace_of
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
@@ -108,6 +109,7 @@ class ProxyResource:
             request.method,
             request.uri.decode("latin-1"),
             trace=trace_of(request.requestHeaders),
+            protocol=protocol_name(request),
         )
         try:
             self._forward(context)

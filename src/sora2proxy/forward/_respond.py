@@ -34,6 +34,7 @@ from .._errors import (
 )
 from .._identity import Identity
 from ..http._date import HTTPDate
+from ..http._h2_heads import abort_client
 from ..http._trace import Trace
 from ._messages import UNREACHABLE, SpawnedChild, child_note, public_words, suggestion_for
 from ._seams import AccessSink, RequestTelemetry, record_access
@@ -56,6 +57,7 @@ class RequestContext:
     upstream: str | None = None
     caller: Identity | None = None
     trace: Trace | None = None
+    protocol: str = "HTTP/1.1"
 
 
 class Responder:
@@ -191,9 +193,7 @@ class Responder:
             extra["traceback"] = failure.getTraceback()
         request = context.request
         if getattr(request, "startedWriting", False):
-            transport = getattr(request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            abort_client(request)
             self.log_access(context, request.code, attempts, INTERNAL.error_type)
             return
         self.error(
@@ -247,6 +247,7 @@ class Responder:
             context.request_id,
             upstream or self._config.upstream,
             trace_id,
+            protocol=context.protocol,
         )
 
 

@@ -64,17 +64,25 @@ def record_access(
     request_id: str,
     upstream: str,
     trace_id: str = "",
+    protocol: str = "HTTP/1.1",
 ) -> None:
     """
     Write one request's access line to C{sink}, every text field escaped
     (the method and path are the client's bytes); C{trace_id} is its W3C trace's.
+
+    @param protocol: the client's protocol (C{HTTP/1.1}, C{HTTP/2.0}); the
+        line names it (C{proto=HTTP/2.0}) when it is not HTTP/1.1, the
+        fields always.
     """
     method, path, error_type, request_id = map(escaped, (method, path, error_type, request_id))
     duration_ms = round(seconds * 1000)
+    proto = "" if protocol == "HTTP/1.1" else f" proto={escaped(protocol)}"
     sink.record(
         f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}"
-        + (f" trace={trace_id}" if trace_id else ""),
+        + (f" trace={trace_id}" if trace_id else "")
+        + proto,
         {
+            "protocol": escaped(protocol),
             "method": method,
             "path": path,
             "status": status,

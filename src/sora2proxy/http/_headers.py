@@ -37,6 +37,8 @@ SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length", b"expec
 
 #: How the proxy names itself in C{Via}.
 VIA = b"1.1 sora2proxy"
+#: ... on a request that reached it over HTTP/2 (RFC 9110 section 7.6.3: the protocol received).
+VIA_H2 = b"2 sora2proxy"
 
 _REQUEST_ID_SHAPE = re.compile(rb"\A[A-Za-z0-9._:@/+=-]{1,128}\Z")
 

@@ -46,6 +46,7 @@ class Refusal:
     @ivar request_id: the C{requestId} of the error sent.
     @ivar seconds: from the head's first byte (as far as timed) to the refusal.
     @ivar message: the error's message.
+    @ivar protocol: the client's protocol (C{HTTP/1.1}, C{HTTP/2.0}).
     """
 
     status: int
@@ -55,6 +56,7 @@ class Refusal:
     request_id: str
     seconds: float
     message: str
+    protocol: str = "HTTP/1.1"
 
 
 class RefusalListener(Protocol):

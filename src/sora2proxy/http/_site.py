@@ -18,6 +18,8 @@ from .._config import ProxyConfig
 from .._errors import BODY_TOO_LARGE, body_too_large_message, raw_error, sees_internals
 from ._channel import ProxyChannel
 from ._date import HTTPDate
+from ._h2 import NegotiatedChannel, ProxyH2Connection
+from ._h2_heads import answer_request, tell_refused
 from ._headers import put_parsed, request_id_from
 from ._refusal import RefusalListener
 
@@ -114,7 +116,10 @@ class ProxyRequest(Request):
         message = body_too_large_message(config.max_body)
         channel = self.channel
         assert channel is not None
-        assert channel.transport is not None
+        if channel.transport is None:  # an HTTP/2 stream: answered on it, the connection carries on
+            answer_request(self, BODY_TOO_LARGE, message, details, request_id)
+            tell_refused(channel, BODY_TOO_LARGE, message, request_id)
+            return
         site = getattr(channel, "site", None)
         date = site.date.now() if isinstance(site, ProxySite) else None
         channel.transport.write(raw_error(BODY_TOO_LARGE, message, details, request_id, date))
@@ -184,4 +189,9 @@ class ProxySite(QuietSite):
         channel.header_timeout = self.config.header_timeout
         channel.allow_underscore_headers = self.config.allow_underscore_headers
         channel.on_refused = self.refusals
-        return channel
+        # HTTP/1.1 stays on this channel; h2, if ALPN chooses it, is an HTTP/2 connection.
+        return NegotiatedChannel(channel, self._h2_connection)
+
+    def _h2_connection(self) -> ProxyH2Connection:
+        config = self.config
+        return ProxyH2Connection(self, config.h2_max_streams, config.max_body, self.refusals)
