@@ -87,7 +87,7 @@ class MakeRunTests(SynchronousTestCase):
         self.assertTrue(ok, "".join(make.lines))
         # As the README shows: each request is an access line in make run's terminal.
         make.wait_for(
-            r"^\S+ \[sora2proxy\.access\] GET /api/proxy/videos 200 tries=\d+ \d+ms  id=[0-9a-f]{32}$"
+            r"^\S+ \[sora2proxy\.access\] GET /api/proxy/videos 200 tries=\d+ \d+ms  id=[0-9a-f]{32} trace=[0-9a-f]{32}$"
         )
         return make
 
