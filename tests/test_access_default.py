@@ -252,7 +252,7 @@ class ForegroundProcessTests(SynchronousTestCase):
         self.assertIsNotNone(proxy.process.wait(20))
         proxy.stop()
         lines = [line for line in proxy.lines if "[sora2proxy.access]" in line]
-        self.assertEqual([re.search(r"id=(\w+)$", line.rstrip("\n")).group(1) for line in lines], ids)  # type: ignore[union-attr]
+        self.assertEqual([re.search(r" id=(\w+)", line).group(1) for line in lines], ids)  # type: ignore[union-attr]
         self.assertEqual(
             [line.split(" ")[3] for line in lines], [f"/api/proxy/jobs?n={n}" for n in range(20)]
         )
