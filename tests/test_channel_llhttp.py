@@ -122,6 +122,18 @@ class RefusedAtOnce(SynchronousTestCase):
         channel.dataReceived(b"GET /a HTTP/2.0\r\nHost: p\r\n\r\n")
         self.assertIn(b"\r\ndate: sun, 06 nov 1994 08:49:37 gmt\r\n", transport.value().lower())
 
+    def test_refused_before_the_head_ends(self) -> None:
+        """An HTTP/0.9 line, a TLS handshake, bare-LF chunk or trailer lines: a 400 at once, no wait."""
+        for data, words in [
+            (b"GET /api/proxy/videos\r\n", "method, a target and a version"),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "TLS handshake"),
+            (b"POST /a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n2\n{}\n0\n\n", "bare LF"),
+            (b"POST /a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\n", "bare LF"),
+        ]:
+            status, message = refusal(data)
+            self.assertEqual(status, 400, data)
+            self.assertIn(words, message, data)
+
     def test_header_count_limit(self) -> None:
         """100 headers are served; 101 in a complete head get 431."""
         head = b"GET / HTTP/1.1\r\nHost: p\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n"
@@ -438,7 +450,8 @@ class RefusedOverSockets(LoopbackMixin, TestCase):
         upstream = RecordingUpstream()
         _, url = self.start_upstream(upstream)
         proxy, _ = self.start_proxy(upstream=url, health_path="", idle_timeout=60)
-        for data, words in LET_THROUGH + LLHTTP_REFUSES:
+        asterisk = [(b"OPTIONS * HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n", "")]  # the target policy
+        for data, words in LET_THROUGH + LLHTTP_REFUSES + asterisk:
             answer = yield exchange(proxy, data.replace(b" /a ", b" /api/proxy/a "))
             status, headers, body = one_response(answer)
             self.assertEqual(status, b"HTTP/1.1 400 Bad Request", data)

@@ -45,6 +45,8 @@ timeout = 2.5
 health-path = ""
 jitter = true
 require-idempotency-key = ["POST:/videos"]
+rate-limit = ["POST:/videos=10/m"]
+max-concurrent = ["GET:/videos/*/events=2"]
 """
 
 
@@ -60,7 +62,16 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(config.health_path, "")
         self.assertTrue(config.jitter)
         self.assertEqual(config.require_idempotency_key, ("POST:/videos",))
+        self.assertEqual(config.rate_limit, ("POST:/videos=10/m",))
+        self.assertEqual(config.max_concurrent, ("GET:/videos/*/events=2",))
         self.assertEqual(config.prefix, "/api/proxy")  # not in the file: the default
+
+    def test_every_repeatable_option_allowed(self) -> None:
+        """Every option given more than once on the command line (an opt_ method) is a list in the file."""
+        from sora2proxy.ops._config_file import REPEATABLE
+
+        methods = {name[4:].replace("_", "-") for name in dir(Options) if name.startswith("opt_")}
+        self.assertEqual(set(REPEATABLE), methods - {"help", "version", "config"})
 
     def test_command_line_wins(self) -> None:
         """An option on the command line overrides the file's, a repeatable one as a whole."""

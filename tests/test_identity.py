@@ -45,6 +45,22 @@ class IdentityTests(SynchronousTestCase):
         got = self.rule.identify(headers(X_Api_Key="alice"), HOME)
         self.assertEqual(got.digest, hashlib.sha256(b"9:x-api-key5:alice").hexdigest())
 
+    def test_strongest_credential(self) -> None:
+        """
+        A token with a changing cookie beside it is one caller for limits
+        (the first identity header sent), and distinct callers for the
+        Idempotency-Key scope (all of them).
+        """
+        one = self.rule.identify(headers(Authorization="Bearer stolen", Cookie="junk=1"), HOME)
+        two = self.rule.identify(headers(Authorization="Bearer stolen", Cookie="junk=2"), HOME)
+        self.assertEqual(one.strongest, two.strongest)
+        self.assertEqual(one.strongest, hashlib.sha256(b"13:authorization13:Bearer stolen").hexdigest())
+        self.assertNotEqual(one.digest, two.digest)
+        cookie_only = self.rule.identify(headers(Cookie="session=9"), HOME)
+        self.assertEqual(cookie_only.strongest, hashlib.sha256(b"6:cookie9:session=9").hexdigest())
+        nobody = self.rule.identify(Headers(), HOME)
+        self.assertEqual(nobody.strongest, nobody.digest)
+
     def test_no_headers_is_the_address(self) -> None:
         """Without identity headers the client's host is the caller; its port does not matter."""
         first = self.rule.identify(Headers(), HOME)

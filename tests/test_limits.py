@@ -121,6 +121,19 @@ class GCRATests(SynchronousTestCase):
                 accepted += 1
             self.assertLessEqual(accepted, limit + clock.seconds() * limit / seconds)
 
+    def test_counted_by_strongest_credential(self) -> None:
+        """A token sent with a different cookie each time is one caller: the 11th is refused."""
+        clock = Clock()
+        gate = limits(clock, ("POST:/videos=10/m",))
+        rule = IdentityRule()
+        for n in range(10):
+            caller = rule.identify(
+                Headers({"authorization": ["Bearer stolen"], "cookie": [f"junk={n}"]}), None
+            )
+            self.assertIsInstance(outcome(self, gate.admit(b"POST", b"/videos", caller)), Admission)
+        caller = rule.identify(Headers({"authorization": ["Bearer stolen"], "x-api-key": ["other"]}), None)
+        self.assertIsInstance(outcome(self, gate.admit(b"POST", b"/%76ideos/", caller)), Refusal)
+
     def test_bounded_memory(self) -> None:
         """The table holds at most max_keys callers: callers whose credit is whole again are dropped first."""
         clock = Clock()

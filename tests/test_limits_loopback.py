@@ -115,8 +115,8 @@ class ConcurrencyLoopbackTests(LoopbackMixin, TestCase):
         """Two slow POSTs in flight, the third gets 429; one answered frees a slot; a client that leaves frees one too."""
         upstream = RecordingUpstream("hang")
         _, upstream_url = self.start_upstream(upstream)
-        url, proxy = self.start_proxy(
-            upstream=upstream_url, health_path="", max_concurrent=["POST:/videos=2"]
+        url, proxy = self.start_proxy(  # held answers never time out, however busy the machine
+            upstream=upstream_url, health_path="", max_concurrent=["POST:/videos=2"], timeout=120
         )
         self.addCleanup(
             lambda: [r.finish() for r in upstream.hanging if r not in upstream.lost and not r.finished]

@@ -31,6 +31,17 @@ class Identity:
 
     digest: str
     by_address: bool
+    credential: str = ""
+
+    @property
+    def strongest(self) -> str:
+        """
+        The digest of the first identity header sent, in C{--identity-header}
+        order (its whole digest without any): what the rate and concurrency
+        limits count by, so that extra headers (a changing cookie beside a
+        token) never make a fresh caller.
+        """
+        return self.credential or self.digest
 
 
 def _lowered(names: Iterable[str | bytes]) -> tuple[bytes, ...]:
@@ -64,14 +75,17 @@ class IdentityRule:
         """
         h = hashlib.sha256()
         sent = False
+        credential = ""
         for name in self.headers:
             for value in headers.getRawHeaders(name, []):
                 sent = True
                 h.update(b"%d:%s%d:%s" % (len(name), name, len(value), value))
+            if sent and not credential:
+                credential = h.hexdigest()  # the first header's values alone
         if not sent:
             host = _host_of(peer)
             h.update(b"peer %d:%s" % (len(host), host))
-        return Identity(h.hexdigest(), not sent)
+        return Identity(h.hexdigest(), not sent, credential)
 
     def of(self, request: Request) -> Identity:
         """

@@ -9,6 +9,7 @@ This module imports nothing of the package.
 from __future__ import annotations
 
 import fnmatch
+from urllib.parse import unquote
 
 from attrs import frozen
 
@@ -30,9 +31,22 @@ class PathRule:
 
     def matches(self, method: bytes, path: bytes) -> bool:
         """
+        Whether a request is about this rule: its path as sent, or as a
+        backend may route it: percent-escapes decoded, letters in any case
+        and one trailing slash ignored (Express routes C{/%76ideos},
+        C{/Videos} and C{/videos/} to C{/videos}), so that no spelling of
+        a limited path gets past its rule.
+
         @param path: the path after the prefix, without the query.
         """
-        return method == self.method and fnmatch.fnmatchcase(path.decode("latin-1"), self.pattern)
+        if method != self.method:
+            return False
+        text = path.decode("latin-1")
+        if fnmatch.fnmatchcase(text, self.pattern):
+            return True
+        loose = unquote(text, encoding="latin-1").lower()
+        pattern = self.pattern.lower()
+        return fnmatch.fnmatchcase(loose, pattern) or fnmatch.fnmatchcase(loose.rstrip("/") or "/", pattern)
 
 
 def path_rule(text: str) -> PathRule:

@@ -24,19 +24,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.web.http import (
-    HTTPChannel,
-    _ChunkedTransferDecoder,
-    _IdentityTransferDecoder,
-    _MalformedChunkedDataError,
-)
+from twisted.web.http import HTTPChannel, _IdentityTransferDecoder, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
 
 from .._errors import BAD_REQUEST, ErrorKind, raw_error
+from ._chunked import StrictChunkedDecoder
 from ._eager import send_now
 from ._head import MAX_HEADERS, Head, HeadReader, HeadRefused
 from ._headers import new_request_id
-from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, known_request
+from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, early_problem, known_request
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
 HEADERS_TOO_LARGE = ErrorKind("HEADERS_TOO_LARGE", 431, "Request headers too large")
@@ -48,38 +44,9 @@ MAX_REQUEST_LINE = 8192
 MAX_HEADER_LINE = 16384
 #: Most bytes of request line plus headers.
 MAX_HEAD_BYTES = 32768
-#: Most significant hex digits of a chunk size (a size that fits in 64 bits).
-MAX_CHUNK_DIGITS = 16
 
 _TOO_LARGE = f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them."
 _TOO_LONG = f"The request line is longer than {MAX_REQUEST_LINE} bytes."
-
-
-class StrictChunkedDecoder(_ChunkedTransferDecoder):
-    """
-    Twisted's chunked decoder, refusing a chunk size that does not fit in 64
-    bits (RFC 9112 section 7.1: recipients guard against overflow), which
-    Twisted would otherwise wait on for ever.
-
-    @ivar problem: why the body was refused (or L{None}).
-    """
-
-    problem: str | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            super().dataReceived(data)
-        except _MalformedChunkedDataError as malformed:
-            self.problem = str(malformed)
-            raise
-
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        end = self._buffer.find(b"\r\n", self._start)
-        line = self._buffer if end < 0 else self._buffer[:end]
-        size = line.split(b";", 1)[0]
-        if len(size.lstrip(b"0")) > MAX_CHUNK_DIGITS:
-            raise _MalformedChunkedDataError("Chunk size does not fit in 64 bits.")
-        return super()._dataReceived_CHUNK_LENGTH()
 
 
 class ProxyChannel(HTTPChannel):
@@ -180,8 +147,11 @@ class ProxyChannel(HTTPChannel):
         return True
 
     def _incomplete(self, buffer: bytes) -> None:
+        early = early_problem(buffer)
         if b"\n" in buffer and buffer.count(b"\n") != buffer.count(b"\r\n"):
             self._refuse(BAD_REQUEST, "A request head line ends in a bare LF; lines end in CRLF.")
+        elif early is not None:
+            self._refuse(BAD_REQUEST, early)
         elif buffer.count(b"\r\n") > MAX_HEADERS + 1:
             self._refuse(HEADERS_TOO_LARGE, _TOO_LARGE)
         else:

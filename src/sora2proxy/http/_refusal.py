@@ -133,6 +133,21 @@ def header_problem(line: bytes, framed: bool) -> str:
     return _MALFORMED
 
 
+def early_problem(start: bytes) -> str | None:
+    """
+    @param start: the start of a request head that has not ended yet.
+    @return: why it can never be a request (a TLS handshake, a complete
+        request line that is not HTTP/1.x: HTTP/0.9's has no version), to
+        answer at once rather than at the header timeout; or L{None}.
+    """
+    if start.startswith(b"\x16\x03"):
+        return head_problem(start, "")
+    line, crlf, _ = start.partition(b"\r\n")
+    if crlf and line and not _REQUEST_LINE.fullmatch(line):
+        return head_problem(start, "")
+    return None
+
+
 def head_problem(head: bytes, reason: str) -> str:
     """
     @param head: a request head refused, up to its blank line.

@@ -84,7 +84,7 @@ class ProxyRequest(Request):
         return bool(getattr(getattr(site, "resource", None), "isLeaf", False))
 
     def process(self) -> None:
-        if not self._leaf_root() or self.path == b"*":
+        if not self._leaf_root():  # OPTIONS * too: the proxy refuses it, as any asterisk-form
             super().process()  # type: ignore[no-untyped-call]
             return
         site: Any = getattr(self.channel, "site", None)

@@ -44,7 +44,7 @@ def _name(rule: str) -> str:
 
 
 def _key(rule: str, caller: Identity) -> str:
-    return hashlib.sha256(rule.encode("utf-8")).hexdigest()[:16] + ":" + caller.digest
+    return hashlib.sha256(rule.encode("utf-8")).hexdigest()[:16] + ":" + caller.strongest
 
 
 @frozen
@@ -250,9 +250,9 @@ class Limits:
     def _refused(self, rule: str, caller: Identity, refusal: Refusal) -> Refusal:
         self.rate_limited[rule] = self.rate_limited.get(rule, 0) + 1
         callers = self.callers
-        if caller.digest not in callers and len(callers) >= MAX_CALLERS:
+        if caller.strongest not in callers and len(callers) >= MAX_CALLERS:
             del callers[min(callers, key=callers.__getitem__)]
-        callers[caller.digest] = callers.get(caller.digest, 0) + 1
+        callers[caller.strongest] = callers.get(caller.strongest, 0) + 1
         return refusal
 
     def _free(self, held: list[tuple[ConcurrencyRule, str, str]]) -> None:

@@ -23,7 +23,15 @@ from .._config import ConfigError, UnreadableFile
 #: The option a file's problems are reported under.
 OPTION = "--config"
 #: The options given any number of times, each a list.
-REPEATABLE = ("listen", "upstream", "spawn", "require-idempotency-key", "identity-header")
+REPEATABLE = (
+    "listen",
+    "upstream",
+    "spawn",
+    "require-idempotency-key",
+    "identity-header",
+    "rate-limit",
+    "max-concurrent",
+)
 #: The options an environment variable sets, over a config file's value.
 ENV_OVERRIDES = {"upstream": "SORA2PROXY_UPSTREAM", "identity-header": "SORA2PROXY_IDENTITY_HEADERS"}
 #: The command line's options that a file cannot set.
