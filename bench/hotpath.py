@@ -9,6 +9,7 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +21,13 @@ from sora2proxy._tap import Options, build_service
 
 def main() -> None:
     upstream, seconds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))  # a free loopback port, read back
+    port = probe.getsockname()[1]
+    probe.close()
     options = Options()
-    options.parseOptions(["--listen", "tcp:44790:interface=127.0.0.1", "--admin-listen", "none",
+    # The default configuration (its access lines to a file sink, the default's path, but not to the terminal).
+    options.parseOptions(["--listen", f"tcp:{port}:interface=127.0.0.1", "--admin-listen", "none",
                           "--upstream", upstream, "--prefix", "/", "--health-path", "/api/small.json",
                           "--access-log", os.devnull])  # fmt: skip
     assert options.config is not None
@@ -30,7 +36,7 @@ def main() -> None:
 
     def load() -> None:
         out = subprocess.run(
-            ["taskset", "-c", "1", "wrk", "-t2", "-c64", f"-d{seconds}s", "http://127.0.0.1:44790/api/small.json"],
+            ["taskset", "-c", "1", "wrk", "-t2", "-c64", f"-d{seconds}s", f"http://127.0.0.1:{port}/api/small.json"],
             capture_output=True, text=True,
         )  # fmt: skip
         print(out.stdout)
