@@ -24,6 +24,7 @@ LAYER_OF = {
     "_errors": KERNEL,
     "_identity": KERNEL,
     "_rules": KERNEL,
+    "_redis": KERNEL,
     "_tap": TOP,
     "_proxy": TOP,
     "_service": TOP,

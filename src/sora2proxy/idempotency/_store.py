@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from attrs import define, frozen
 from twisted.internet.defer import Deferred
 
+from .._redis import redis_pool
+
 
 class StoreUnavailable(Exception):
     """
@@ -217,18 +219,5 @@ def redis_store(
     A L{RedisStore} for C{redis://HOST:PORT/DB}.  txredisapi imports the
     global reactor, so this is only called once it is installed.
     """
-    import txredisapi
-    from hyperlink import URL
-
-    parsed = URL.from_text(url)
-    db = int(parsed.path[0]) if parsed.path and parsed.path[0] else 0
-    pool = txredisapi.lazyConnectionPool(
-        parsed.host or "127.0.0.1",
-        parsed.port or 6379,
-        dbid=db,
-        poolsize=4,
-        reconnect=True,
-        connectTimeout=timeout,
-        replyTimeout=timeout,
-    )
+    pool = redis_pool(url, timeout)
     return RedisStore(pool, url, max_per_caller=max_per_caller, answer_ttl=answer_ttl)

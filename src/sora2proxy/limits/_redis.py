@@ -14,6 +14,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from .._redis import redis_pool
 from ._store import LimitStoreUnavailable, Spent
 
 #: KEYS: the rate's TAT; ARGV: interval, burst (microseconds).
@@ -84,18 +85,5 @@ def redis_limit_store(url: str, timeout: float = 2.0) -> RedisLimitStore:
     A L{RedisLimitStore} for C{redis://HOST:PORT/DB}.  txredisapi imports
     the global reactor, so this is only called once it is installed.
     """
-    import txredisapi
-    from hyperlink import URL
-
-    parsed = URL.from_text(url)
-    db = int(parsed.path[0]) if parsed.path and parsed.path[0] else 0
-    pool = txredisapi.lazyConnectionPool(
-        parsed.host or "127.0.0.1",
-        parsed.port or 6379,
-        dbid=db,
-        poolsize=4,
-        reconnect=True,
-        connectTimeout=timeout,
-        replyTimeout=timeout,
-    )
+    pool = redis_pool(url, timeout)
     return RedisLimitStore(pool, url)
