@@ -216,6 +216,27 @@ class StoreDownTests(SynchronousTestCase):
         self.assertIsInstance(self.successResultOf(checking), Admission)
         self.assertEqual((gate.store_errors, gate.in_flight), (1, {"POST:/x=1": 0}))
 
+    def test_store_not_waited_on_again_at_once(self) -> None:
+        """
+        After a store timed out, the next requests are answered at once for
+        a second (served, or 503 with fail-closed), then the store is asked again.
+        """
+        clock = Clock()
+        for fail_closed, answer in ((False, Admission), (True, Refusal)):
+            store = HangingStore(clock)
+            gate = Limits.of(store, clock, ("POST:/x=1/s",), (), fail_closed=fail_closed)
+            first = gate.admit(b"POST", b"/x", ALICE)
+            clock.advance(2)
+            self.assertIsInstance(outcome(self, first), answer)
+            clock.advance(0.9)
+            self.assertIsInstance(outcome(self, gate.admit(b"POST", b"/x", BOB)), answer)  # at once
+            self.assertEqual(gate.store_errors, 2)
+            clock.advance(0.2)
+            again = gate.admit(b"POST", b"/x", BOB)
+            assert again is not None
+            self.assertNoResult(again)  # the store is asked again
+            clock.advance(2)
+
 
 class RuleTests(SynchronousTestCase):
     def test_rules(self) -> None:

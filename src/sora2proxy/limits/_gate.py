@@ -125,6 +125,7 @@ class Limits:
     callers: dict[str, int] = field(factory=dict)
     store_errors: int = 0
     last_store_error: str = ""
+    _down_until: float = field(default=0.0, init=False)
 
     @classmethod
     def of(
@@ -169,6 +170,9 @@ class Limits:
         slots = [rule for rule in self.concurrency if rule.path.matches(method, path)]
         if not rates and not slots:
             return None
+        if self._clock.seconds() < self._down_until:  # the store just failed: not waited on again yet
+            self.store_errors += 1
+            return succeed(self._without_store())
         checking = Deferred.fromCoroutine(self._check(rates, slots, caller))
         if not checking.called:  # Redis: bounded; the memory store has answered already
             checking.addTimeout(self.store_timeout, self._clock, onTimeoutCancel=_timed_out)
@@ -264,6 +268,10 @@ class Limits:
     def _store_failed(self, failure: Failure) -> Admission | Refusal:
         failure.trap(LimitStoreUnavailable)
         self._ignored(failure)
+        self._down_until = self._clock.seconds() + STORE_RECHECK
+        return self._without_store()
+
+    def _without_store(self) -> Admission | Refusal:
         if self.fail_closed:
             message = (
                 f"The rate-limit store ({self.store.description}) cannot be reached; "
@@ -281,6 +289,12 @@ class Limits:
             store=self.store.description,
             error=self.last_store_error,
         )
+
+
+#: Seconds after a store failure during which requests do not wait on the
+#: store (each is served, or refused with --rate-limit-fail-closed, at once);
+#: the first request after them asks the store again.
+STORE_RECHECK = 1.0
 
 
 def _timed_out(result: object, timeout: float) -> None:
