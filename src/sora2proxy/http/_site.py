@@ -67,7 +67,8 @@ class ProxyRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._rejected:
             return
-        if not self._leaf_root():
+        site: Any = getattr(self.channel, "site", None)
+        if not _leaf_root(site):
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
             return
         # What twisted.web's does, less what a proxy never reads: the query
@@ -77,18 +78,16 @@ class ProxyRequest(Request):
         self.args = {}
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
-        self.process()
-
-    def _leaf_root(self) -> bool:
-        site = getattr(self.channel, "site", None)
-        return bool(getattr(getattr(site, "resource", None), "isLeaf", False))
+        self._serve_leaf(site)
 
     def process(self) -> None:
-        if not self._leaf_root():  # OPTIONS * too: the proxy refuses it, as any asterisk-form
+        site: Any = getattr(self.channel, "site", None)
+        if not _leaf_root(site):  # OPTIONS * too: the proxy refuses it, as any asterisk-form
             super().process()  # type: ignore[no-untyped-call]
             return
-        site: Any = getattr(self.channel, "site", None)
-        resource = site.resource
+        self._serve_leaf(site)
+
+    def _serve_leaf(self, site: Any) -> None:
         # A leaf at the root (the proxy's own resource): nothing to traverse,
         # and the default headers set without Twisted's per-value checks.
         self.site = site
@@ -98,7 +97,7 @@ class ProxyRequest(Request):
         self.prepath, self.postpath = [], []
         self.sitepath: list[bytes] = []
         try:
-            self.render(resource)  # type: ignore[no-untyped-call]
+            self.render(site.resource)  # type: ignore[no-untyped-call]
         except BaseException:
             self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
@@ -126,6 +125,13 @@ class ProxyRequest(Request):
         channel.loseConnection()
         if isinstance(channel, ProxyChannel):
             channel.tell_refused(BODY_TOO_LARGE, message, request_id)
+
+
+def _leaf_root(site: Any) -> bool:
+    """
+    @return: whether C{site}'s root resource is a leaf (the proxy's own is).
+    """
+    return bool(getattr(getattr(site, "resource", None), "isLeaf", False))
 
 
 class QuietSite(Site):
