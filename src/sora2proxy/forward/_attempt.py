@@ -22,11 +22,14 @@ from zope.interface import implementer
 
 from ..http._headers import (
     HOP_BY_HOP,
+    HOST_KEY,
     REQUEST_ID,
+    REQUEST_ID_KEY,
     SET_BY_CLIENT,
     VIA,
     VIA_H2,
     Fields,
+    canonical,
     connection_named,
     forwarded_element,
     headers_of,
@@ -39,6 +42,11 @@ CHUNK = 64 * 1024
 
 #: Request headers not copied upstream (the client and the proxy set their own).
 _NOT_COPIED = SET_BY_CLIENT | {REQUEST_ID}
+
+#: The names (in L{Headers}' case) of the fields the proxy sets on a forwarded request.
+_FOR, _PROTO = canonical(b"x-forwarded-for"), canonical(b"x-forwarded-proto")
+_FORWARDED_HOST, _FORWARDED = canonical(b"x-forwarded-host"), canonical(b"forwarded")
+_VIA, _TRACEPARENT = canonical(b"via"), canonical(TRACEPARENT)
 
 #: Methods whose empty body is still sent with C{Content-Length: 0}.
 _BODY_EXPECTED = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -188,8 +196,8 @@ def forwarded_headers(
     """
     source = request.requestHeaders
     named = connection_named(source)
-    fields: Fields = {}
-    for name, values in source.getAllRawHeaders():
+    fields: Fields = {}  # by lowercase name: the name in Headers' case, the values
+    for name, values in source._rawHeaders.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _NOT_COPIED or (named and lower in named):
             continue
@@ -200,21 +208,22 @@ def forwarded_headers(
         entry = fields.get(lower)
         fields[lower] = (entry[0], [b", ".join([*entry[1], value])]) if entry else (name, [value])
 
-    fields[REQUEST_ID] = (b"X-Request-Id", [request_id.encode("ascii")])
+    fields[REQUEST_ID] = (REQUEST_ID_KEY, [request_id.encode("ascii")])
     client_ip: str | None = getattr(request.getClientAddress(), "host", None)
-    host = request.getHeader(b"host")
+    hosts = source._rawHeaders.get(HOST_KEY)
+    host = hosts[-1] if hosts else None
     proto = b"https" if secure else b"http"
     if client_ip is not None:
-        append(b"x-forwarded-for", b"X-Forwarded-For", client_ip.encode("ascii", "replace"))
-    fields[b"x-forwarded-proto"] = (b"X-Forwarded-Proto", [proto])
+        append(b"x-forwarded-for", _FOR, client_ip.encode("ascii", "replace"))
+    fields[b"x-forwarded-proto"] = (_PROTO, [proto])
     if host is not None:
-        fields[b"x-forwarded-host"] = (b"X-Forwarded-Host", [host])
+        fields[b"x-forwarded-host"] = (_FORWARDED_HOST, [host])
         if preserve_host:
-            fields[b"host"] = (b"Host", [host])
-    append(b"forwarded", b"Forwarded", forwarded_element(client_ip, host, proto))
-    append(b"via", b"Via", VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
+            fields[b"host"] = (HOST_KEY, [host])
+    append(b"forwarded", _FORWARDED, forwarded_element(client_ip, host, proto))
+    append(b"via", _VIA, VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
     if trace is not None:  # the client's traceparent replaced; its tracestate kept only with a valid one
-        fields[TRACEPARENT] = (b"traceparent", [trace.traceparent])
+        fields[TRACEPARENT] = (_TRACEPARENT, [trace.traceparent])
         if not trace.continued:
             fields.pop(TRACESTATE, None)
-    return headers_of(fields)
+    return headers_of(fields, cased=True)

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
+from ..http._headers import canonical
 from ..idempotency._guard import Ticket
 from ..resilience._classify import TryFailure
 from ..resilience._retry import GaveUp, RetryLoop, RetryPolicy
@@ -31,6 +32,8 @@ from ._messages import gave_up_message
 from ._parts import ProxyParts
 from ._relay import BodyRelay, public_base, start_response
 from ._respond import RequestContext, Responder
+
+_IDEMPOTENCY_KEY = canonical(b"idempotency-key")
 
 #: The error type of a request whose client left before its answer ended.
 CLIENT_GONE = "CLIENT_GONE"
@@ -154,7 +157,7 @@ class Exchange:
             self._policy,
             self._tries,
             request.method,
-            request.requestHeaders.hasHeader(b"idempotency-key"),
+            _IDEMPOTENCY_KEY in request.requestHeaders._rawHeaders,
             config.timeout,
             self.context.started + deadline if deadline else None,
             self._parts.budget,

@@ -21,12 +21,14 @@ from .._errors import reason_phrase
 from ..http._h2_heads import abort_client
 from ..http._headers import (
     HOP_BY_HOP,
+    HOST_KEY,
     REQUEST_ID,
+    REQUEST_ID_KEY,
     Fields,
     append_via,
+    canonical,
     connection_named,
     listed_names,
-    put_parsed,
 )
 from ..idempotency._store import StoredResponse
 
@@ -159,6 +161,9 @@ def _under(value: bytes, base: bytes) -> bool:
     return rest in (b"", b"/", b"?", b"#")
 
 
+_CONTENT_LENGTH = canonical(b"content-length")
+
+
 def start_response(
     request: Request,
     response: IResponse,
@@ -190,6 +195,7 @@ def start_response(
     else:
         named = connection_named(response.headers)
         groups = ((name.lower(), name, values) for name, values in response.headers.getAllRawHeaders())
+    raw, encode = headers._rawHeaders, canonical  # values parsed (no CR or LF): put_parsed's way
     for lower, name, values in groups:
         if lower in HOP_BY_HOP or (named and lower in named):
             continue
@@ -201,13 +207,13 @@ def start_response(
         if upstream_base and lower in (b"location", b"content-location"):
             origin = public or public_base(request)
             values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
-        put_parsed(headers, name, list(values))
+        raw[encode(name)] = list(values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
         # The client gets the same framing (Content-Length is kept apart from the headers).
-        put_parsed(headers, b"content-length", [b"%d" % length])
+        raw[_CONTENT_LENGTH] = [b"%d" % length]
     append_via(headers)
-    put_parsed(headers, REQUEST_ID, [request_id.encode("ascii")])
+    raw[REQUEST_ID_KEY] = [request_id.encode("ascii")]
 
 
 def public_base(request: Request, secure: bool | None = None) -> bytes:
@@ -218,7 +224,8 @@ def public_base(request: Request, secure: bool | None = None) -> bytes:
     if secure is None:
         secure = bool(request.isSecure())
     scheme = b"https" if secure else b"http"
-    host = request.getHeader(b"host") or b"localhost"
+    hosts = request.requestHeaders._rawHeaders.get(HOST_KEY)
+    host = hosts[-1] if hosts else b"localhost"
     return scheme + b"://" + host
 
 

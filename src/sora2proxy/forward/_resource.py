@@ -25,7 +25,7 @@ from .._errors import (
 )
 from .._identity import IdentityRule
 from ..http._h2_heads import protocol_name
-from ..http._headers import REQUEST_ID, put_parsed, request_id_from
+from ..http._headers import REQUEST_ID_KEY, request_id_from
 from ..http._trace import trace_of
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..limits._gate import Admission, Refusal
@@ -100,7 +100,7 @@ class ProxyResource:
         """
         self.parts.telemetry.request_started()
         request_id = request_id_from(request.requestHeaders)
-        put_parsed(request.responseHeaders, REQUEST_ID, [request_id.encode("ascii")])
+        request.responseHeaders._rawHeaders[REQUEST_ID_KEY] = [request_id.encode("ascii")]
         request.defaultContentType = None
         context = RequestContext(
             request,

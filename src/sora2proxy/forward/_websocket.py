@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from .._errors import INTERNAL, TIMEOUT, UPSTREAM_ERROR, ErrorKind
 from ..http._handshake import HandshakeHead, WireError
-from ..http._headers import REQUEST_ID, VIA
+from ..http._headers import REQUEST_ID, VIA, canonical
 from ..http._takeover import take_over
 from ..resilience._classify import classify
 from ..resilience._retry import RetryPolicy
@@ -71,12 +71,15 @@ class IdleTimer:
             self._call.cancel()
 
 
+_UPGRADE = canonical(b"upgrade")
+
+
 def wants_websocket(request: Request) -> bool:
     """
     @return: whether C{request} asks to be upgraded to a WebSocket.
     """
-    upgrade = request.getHeader(b"upgrade")
-    return upgrade is not None and upgrade.strip().lower() == b"websocket"
+    upgrades = request.requestHeaders._rawHeaders.get(_UPGRADE)
+    return upgrades is not None and bool(upgrades) and upgrades[-1].strip().lower() == b"websocket"
 
 
 def handshake_bytes(method: bytes, url: bytes, headers: Headers, preserve_host: bool) -> bytes:

@@ -10,11 +10,24 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
 REQUEST_ID = b"x-request-id"
+
+
+#: C{canonical(name)}: C{name} as L{Headers} keys its values (Twisted's
+#: Header-Case), an invalid name refused.  A field read on every request is
+#: looked up by its key at once, without C{getRawHeaders}' per-call re-casing.
+canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+
+
+#: The L{Headers} keys of the fields the proxy reads or sets on every request.
+REQUEST_ID_KEY = canonical(REQUEST_ID)
+HOST_KEY = canonical(b"host")
+CONNECTION_KEY = canonical(b"connection")
+VIA_KEY = canonical(b"via")
 
 #: Headers that belong to one connection, never forwarded in either direction.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
@@ -84,7 +97,7 @@ def request_id_from(headers: Headers) -> str:
     """
     @return: the client's C{X-Request-ID} when it is a sane token, else a new one.
     """
-    sent = headers.getRawHeaders(REQUEST_ID)
+    sent = headers._rawHeaders.get(REQUEST_ID_KEY)
     if sent and _REQUEST_ID_SHAPE.match(sent[0]):
         return sent[0].decode("ascii")
     return new_request_id()
@@ -105,12 +118,18 @@ def put_parsed(headers: Headers, name: bytes, values: list[bytes]) -> None:
     headers._rawHeaders[_nameEncoder.encode(name)] = values
 
 
-def headers_of(fields: Fields) -> Headers:
+def headers_of(fields: Fields, cased: bool = False) -> Headers:
     """
+    @param cased: the names in C{fields} are in L{Headers}' case already
+        (from a L{Headers}, or L{canonical}): not re-cased.
     @return: C{fields}, whose values hold no CR or LF, as L{Headers}.
     """
     headers = Headers()
     raw = headers._rawHeaders
+    if cased:
+        for name, values in fields.values():
+            raw[name] = values
+        return headers
     encode = _nameEncoder.encode
     for name, values in fields.values():
         raw[encode(name)] = list(values)
@@ -121,7 +140,7 @@ def connection_named(headers: Headers) -> frozenset[bytes]:
     """
     @return: the header names that the C{Connection} header lists, lowercased.
     """
-    values = headers.getRawHeaders(b"connection")
+    values = headers._rawHeaders.get(CONNECTION_KEY)
     return listed_names(values) if values else _NONE
 
 
@@ -141,8 +160,9 @@ def append_via(headers: Headers) -> None:
     """
     Append the proxy to C{Via} (RFC 9110 section 7.6.3).
     """
-    existing = headers.getRawHeaders(b"via")
-    put_parsed(headers, b"via", [b", ".join([*existing, VIA]) if existing else VIA])
+    raw = headers._rawHeaders
+    existing = raw.get(VIA_KEY)
+    raw[VIA_KEY] = [b", ".join([*existing, VIA]) if existing else VIA]
 
 
 def _forwarded_node(ip: str) -> str:

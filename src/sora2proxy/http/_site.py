@@ -20,11 +20,12 @@ from ._channel import ProxyChannel
 from ._date import HTTPDate
 from ._h2 import NegotiatedChannel, ProxyH2Connection
 from ._h2_heads import answer_request, tell_refused
-from ._headers import put_parsed, request_id_from
+from ._headers import canonical, request_id_from
 from ._refusal import RefusalListener
 
 #: The C{Server} header twisted.web sends.
 SERVER: bytes = version
+_SERVER, _DATE = canonical(b"server"), canonical(b"date")
 
 
 class ProxyRequest(Request):
@@ -91,9 +92,9 @@ class ProxyRequest(Request):
         # A leaf at the root (the proxy's own resource): nothing to traverse,
         # and the default headers set without Twisted's per-value checks.
         self.site = site
-        put_parsed(self.responseHeaders, b"server", [SERVER])
-        date = site.date.now() if isinstance(site, ProxySite) else datetimeToString()
-        put_parsed(self.responseHeaders, b"date", [date])
+        raw = self.responseHeaders._rawHeaders
+        raw[_SERVER] = [SERVER]
+        raw[_DATE] = [site.date.now() if isinstance(site, ProxySite) else datetimeToString()]
         self.prepath, self.postpath = [], []
         self.sitepath: list[bytes] = []
         try:
