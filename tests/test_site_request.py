@@ -73,3 +73,69 @@ class ProxyRequestTests(SynchronousTestCase):
         answer = serve(root, b"GET /api/x?q=1 HTTP/1.1\r\nHost: h\r\n\r\n")
         self.assertEqual(child.seen, [(b"GET", b"/api/x?q=1", b"/api/x", {b"q": [b"1"]}, b"")])
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+
+
+class _Recorder:
+    """A channel that records what a request writes to it."""
+
+    site = None
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.transport = StringTransport()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        self.calls.append(("head", version, code, reason, list(headers.getAllRawHeaders())))
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("body", data))
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.calls.append(("body", b"".join(data)))
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+
+def _written(factory: Any, method: bytes, proto: bytes, code: int, length: bool, chunks: list[bytes]) -> Any:
+    channel = _Recorder()
+    request = factory(channel, parsePOSTFormSubmission=False)
+    request.method, request.clientproto, request.defaultContentType = method, proto, None
+    request.setResponseCode(code)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    if length:
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % sum(map(len, chunks))])
+    for chunk in chunks:
+        request.write(chunk)
+    return channel.calls, request.chunked, request.sentLength
+
+
+class FirstWriteTests(SynchronousTestCase):
+    """
+    L{ProxyRequest}'s own first write of a plain answer sends what
+    twisted.web's L{Request} sends (the oracle).
+    """
+
+    def test_same_bytes_as_twisted(self) -> None:
+        """
+        Every method, protocol, status and framing writes the same head,
+        body and chunks as twisted.web's Request.
+        """
+        from twisted.web.server import Request
+
+        from sora2proxy.http._site import ProxyRequest
+
+        cases = 0
+        for method in (b"GET", b"HEAD", b"POST"):
+            for proto in (b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2"):
+                for code in (200, 204, 304, 404, 502):
+                    for length in (True, False):
+                        for chunks in ([b"abc", b"de"], [b""], [b"x"]):
+                            ours = _written(ProxyRequest, method, proto, code, length, chunks)
+                            theirs = _written(Request, method, proto, code, length, chunks)
+                            self.assertEqual(ours, theirs, (method, proto, code, length, chunks))
+                            cases += 1
+        self.assertEqual(cases, 270)

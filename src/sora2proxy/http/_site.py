@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
+from twisted.web.http import NO_BODY_CODES, datetimeToString, toChunk
 from twisted.web.server import Request, Site, version
 
 from .._config import ProxyConfig
@@ -26,6 +26,7 @@ from ._refusal import RefusalListener
 #: The C{Server} header twisted.web sends.
 SERVER: bytes = version
 _SERVER, _DATE = canonical(b"server"), canonical(b"date")
+_CONTENT_LENGTH, _TRANSFER_ENCODING = canonical(b"content-length"), canonical(b"transfer-encoding")
 
 
 class ProxyRequest(Request):
@@ -41,6 +42,43 @@ class ProxyRequest(Request):
         # and memory a proxy does not need, on bodies up to --max-body).
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def write(self, data: bytes) -> None:
+        if self.startedWriting or not self._plain():
+            super().write(data)  # type: ignore[no-untyped-call]
+            return
+        # The first write of a plain answer (the proxy's own: no default
+        # Content-Type, encoder, fake HEAD, Last-Modified, ETag or cookies):
+        # what twisted.web's Request.write does then, without looking the
+        # same fields up three times.
+        self.startedWriting = 1
+        headers, method, code = self.responseHeaders, self.method, self.code
+        bodiless = method == b"HEAD" or code in NO_BODY_CODES
+        if self.clientproto == b"HTTP/1.1" and not bodiless and not headers._rawHeaders.get(_CONTENT_LENGTH):
+            headers._rawHeaders[_TRANSFER_ENCODING] = [b"chunked"]
+            self.chunked = 1
+        self.channel.writeHeaders(self.clientproto, b"%d" % code, self.code_message, headers)
+        if bodiless:
+            self.write = lambda data: None  # type: ignore[method-assign]
+            return
+        self.sentLength += len(data)
+        if data:
+            if self.chunked:
+                self.channel.writeSequence(toChunk(data))
+            else:
+                self.channel.write(data)
+
+    def _plain(self) -> bool:
+        return not (
+            self.finished
+            or self._disconnected
+            or self._inFakeHead
+            or self._encoder
+            or self.defaultContentType is not None
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+        )
 
     def _limit(self) -> ProxyConfig | None:
         site = getattr(self.channel, "site", None)
