@@ -28,11 +28,9 @@ from ..http._headers import (
     SET_BY_CLIENT,
     VIA,
     VIA_H2,
-    Fields,
     canonical,
     connection_named,
     forwarded_element,
-    headers_of,
 )
 from ..http._trace import TRACEPARENT, TRACESTATE, Trace
 
@@ -46,7 +44,9 @@ _NOT_COPIED = SET_BY_CLIENT | {REQUEST_ID}
 #: The names (in L{Headers}' case) of the fields the proxy sets on a forwarded request.
 _FOR, _PROTO = canonical(b"x-forwarded-for"), canonical(b"x-forwarded-proto")
 _FORWARDED_HOST, _FORWARDED = canonical(b"x-forwarded-host"), canonical(b"forwarded")
-_VIA, _TRACEPARENT = canonical(b"via"), canonical(TRACEPARENT)
+_VIA, _TRACEPARENT, _TRACESTATE = canonical(b"via"), canonical(TRACEPARENT), canonical(TRACESTATE)
+#: Request fields never copied upstream as the client sent them.
+_NOT_FORWARDED = HOP_BY_HOP | _NOT_COPIED
 
 #: Methods whose empty body is still sent with C{Content-Length: 0}.
 _BODY_EXPECTED = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -196,34 +196,35 @@ def forwarded_headers(
     """
     source = request.requestHeaders
     named = connection_named(source)
-    fields: Fields = {}  # by lowercase name: the name in Headers' case, the values
+    forwarded = Headers()
+    fields = forwarded._rawHeaders  # by Headers' name (the client's are already), in order
     for name, values in source._rawHeaders.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _NOT_COPIED or (named and lower in named):
+        if lower in _NOT_FORWARDED or (named and lower in named) or (b"_" in lower and not allow_underscore):
             continue
-        if allow_underscore or b"_" not in lower:
-            fields[lower] = (name, list(values))
-
-    def append(lower: bytes, name: bytes, value: bytes) -> None:
-        entry = fields.get(lower)
-        fields[lower] = (entry[0], [b", ".join([*entry[1], value])]) if entry else (name, [value])
-
-    fields[REQUEST_ID] = (REQUEST_ID_KEY, [request_id.encode("ascii")])
+        fields[name] = list(values)
+    fields[REQUEST_ID_KEY] = [request_id.encode("ascii")]
     client_ip: str | None = getattr(request.getClientAddress(), "host", None)
     hosts = source._rawHeaders.get(HOST_KEY)
     host = hosts[-1] if hosts else None
     proto = b"https" if secure else b"http"
     if client_ip is not None:
-        append(b"x-forwarded-for", _FOR, client_ip.encode("ascii", "replace"))
-    fields[b"x-forwarded-proto"] = (_PROTO, [proto])
+        _append(fields, _FOR, client_ip.encode("ascii", "replace"))
+    fields[_PROTO] = [proto]
     if host is not None:
-        fields[b"x-forwarded-host"] = (_FORWARDED_HOST, [host])
+        fields[_FORWARDED_HOST] = [host]
         if preserve_host:
-            fields[b"host"] = (HOST_KEY, [host])
-    append(b"forwarded", _FORWARDED, forwarded_element(client_ip, host, proto))
-    append(b"via", _VIA, VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
+            fields[HOST_KEY] = [host]
+    _append(fields, _FORWARDED, forwarded_element(client_ip, host, proto))
+    _append(fields, _VIA, VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
     if trace is not None:  # the client's traceparent replaced; its tracestate kept only with a valid one
-        fields[TRACEPARENT] = (_TRACEPARENT, [trace.traceparent])
+        fields[_TRACEPARENT] = [trace.traceparent]
         if not trace.continued:
-            fields.pop(TRACESTATE, None)
-    return headers_of(fields, cased=True)
+            fields.pop(_TRACESTATE, None)
+    return forwarded
+
+
+def _append(fields: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None:
+    # One more element of a list-valued field, after what the client sent (one line).
+    existing = fields.get(name)
+    fields[name] = [b", ".join([*existing, value])] if existing else [value]

@@ -162,6 +162,8 @@ def _under(value: bytes, base: bytes) -> bool:
 
 
 _CONTENT_LENGTH = canonical(b"content-length")
+#: The response fields start_response looks at one by one; the others are copied.
+_LOOKED_AT = HOP_BY_HOP | {b"content-length", b"location", b"content-location"}
 
 
 def start_response(
@@ -186,27 +188,28 @@ def start_response(
     request.setResponseCode(response.code, reason_phrase(response.code, response.phrase))
     headers = request.responseHeaders
     fields: Fields | None = getattr(response, "fields", None)
+    pairs: Iterable[tuple[bytes, tuple[bytes, Sequence[bytes]]]]
     if fields is not None:  # an UpstreamResponse: its fields as parsed, no Headers built
         control: Fields = getattr(response, "connection_fields", {})
         named = listed_names(control.get(b"connection", (b"", []))[1])
-        groups: Iterable[tuple[bytes, bytes, Sequence[bytes]]] = (
-            (lower, name, values) for lower, (name, values) in fields.items()
-        )
+        pairs = fields.items()
     else:
         named = connection_named(response.headers)
-        groups = ((name.lower(), name, values) for name, values in response.headers.getAllRawHeaders())
-    raw, encode = headers._rawHeaders, canonical  # values parsed (no CR or LF): put_parsed's way
-    for lower, name, values in groups:
-        if lower in HOP_BY_HOP or (named and lower in named):
-            continue
-        if lower == b"content-length" and response.code == 204:
-            # RFC 9110 section 8.6: a server MUST NOT send Content-Length in a
-            # 204.  A 304's (or a HEAD answer's) describes the resource's 200
-            # answer, which the same section allows: kept.
-            continue
-        if upstream_base and lower in (b"location", b"content-location"):
-            origin = public or public_base(request)
-            values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
+        pairs = [(name.lower(), (name, values)) for name, values in response.headers.getAllRawHeaders()]
+    raw, encode, code = headers._rawHeaders, canonical, response.code  # values parsed: no CR or LF
+    for lower, (name, values) in pairs:
+        if lower in _LOOKED_AT or (named and lower in named):
+            if lower in HOP_BY_HOP or (named and lower in named):
+                continue
+            if lower == b"content-length":
+                if code == 204:
+                    # RFC 9110 section 8.6: a server MUST NOT send Content-Length in a
+                    # 204.  A 304's (or a HEAD answer's) describes the resource's 200
+                    # answer, which the same section allows: kept.
+                    continue
+            elif upstream_base:  # Location, Content-Location
+                origin = public or public_base(request)
+                values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
         raw[encode(name)] = list(values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":

@@ -118,18 +118,12 @@ def put_parsed(headers: Headers, name: bytes, values: list[bytes]) -> None:
     headers._rawHeaders[_nameEncoder.encode(name)] = values
 
 
-def headers_of(fields: Fields, cased: bool = False) -> Headers:
+def headers_of(fields: Fields) -> Headers:
     """
-    @param cased: the names in C{fields} are in L{Headers}' case already
-        (from a L{Headers}, or L{canonical}): not re-cased.
     @return: C{fields}, whose values hold no CR or LF, as L{Headers}.
     """
     headers = Headers()
     raw = headers._rawHeaders
-    if cased:
-        for name, values in fields.values():
-            raw[name] = values
-        return headers
     encode = _nameEncoder.encode
     for name, values in fields.values():
         raw[encode(name)] = list(values)
