@@ -139,3 +139,45 @@ class FirstWriteTests(SynchronousTestCase):
                             self.assertEqual(ours, theirs, (method, proto, code, length, chunks))
                             cases += 1
         self.assertEqual(cases, 270)
+
+
+class WhenGoneTests(SynchronousTestCase):
+    """
+    L{ProxyRequest.when_gone} tells of a client that left before its
+    answer was finished, as C{notifyFinish}'s errback does.
+    """
+
+    def _request(self) -> Any:
+        from sora2proxy.http._site import ProxyRequest
+
+        request = ProxyRequest(_Recorder(), parsePOSTFormSubmission=False)
+        request.method, request.clientproto = b"GET", b"HTTP/1.1"
+        return request
+
+    def test_told_when_the_client_leaves(self) -> None:
+        """
+        A client that leaves mid-answer is told to every watcher, even
+        after one of them fails (the failure is logged).
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        request, told = self._request(), []
+        request.when_gone(lambda: 1 / 0)
+        request.when_gone(lambda: told.append("gone"))
+        request.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(told, ["gone"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_not_told_after_the_answer(self) -> None:
+        """
+        A connection lost after the answer was finished tells no one.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        request, told = self._request(), []
+        request.when_gone(lambda: told.append("gone"))
+        request.finished = 1
+        request.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(told, [])

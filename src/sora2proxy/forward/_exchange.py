@@ -122,7 +122,11 @@ class Exchange:
         self._tries = _WatchedTries(self._router, body, self)
         self._loop = self._retry_loop()
         self._result = self._loop.run()
-        self.context.request.notifyFinish().addErrback(self.client_gone)
+        when_gone = getattr(self.context.request, "when_gone", None)  # a ProxyRequest's, without a Deferred
+        if when_gone is not None:
+            when_gone(lambda: self.client_gone(None))
+        else:
+            self.context.request.notifyFinish().addErrback(self.client_gone)
         self._result.addCallbacks(self.answered, self.failed).addErrback(
             self._respond.internal_error_late, self.context, self._loop
         )

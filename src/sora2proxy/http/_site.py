@@ -8,8 +8,10 @@ logs its own events).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, datetimeToString, toChunk
 from twisted.web.server import Request, Site, version
@@ -25,6 +27,7 @@ from ._refusal import RefusalListener
 
 #: The C{Server} header twisted.web sends.
 SERVER: bytes = version
+_log = Logger()
 _SERVER, _DATE = canonical(b"server"), canonical(b"date")
 _CONTENT_LENGTH, _TRANSFER_ENCODING = canonical(b"content-length"), canonical(b"transfer-encoding")
 
@@ -36,12 +39,33 @@ class ProxyRequest(Request):
 
     _rejected = False
     _received = 0
+    _gone: list[Callable[[], object]] | None = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         # A form body is forwarded as bytes, never parsed into C{args} (work
         # and memory a proxy does not need, on bodies up to --max-body).
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def when_gone(self, gone: Callable[[], object]) -> None:
+        """
+        Call C{gone} if the client goes away before the answer is finished:
+        what C{notifyFinish().addErrback(...)} tells, without a L{Deferred}
+        made and fired for every request whose client stays.
+        """
+        if self._gone is None:
+            self._gone = []
+        self._gone.append(gone)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        gone, self._gone = self._gone, None
+        if gone and not self.finished:
+            for call in gone:
+                try:
+                    call()
+                except Exception:
+                    _log.failure("While telling that a client went away")
 
     def write(self, data: bytes) -> None:
         if self.startedWriting or not self._plain():
