@@ -343,11 +343,11 @@ class ProxyChannel(HTTPChannel):
     # Writing the response: its head is held until the first body bytes (or
     # the request's end), and both go to the socket at once (send_now).
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        head = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
+        head = [version, b" ", code, b" ", reason]
+        for name, values in headers._rawHeaders.items():  # getAllRawHeaders, without its generator
             for value in values:
-                head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
+                head += (b"\r\n", name, b": ", value)
+        head.append(b"\r\n\r\n")
         self._flush_held()
         self._held = b"".join(head)
 
