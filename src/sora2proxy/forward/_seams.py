@@ -74,15 +74,21 @@ def record_access(
         line names it (C{proto=HTTP/2.0}) when it is not HTTP/1.1, the
         fields always.
     """
-    method, path, error_type, request_id = map(escaped, (method, path, error_type, request_id))
+    joined = "".join((method, path, error_type, request_id, upstream, protocol))
+    # One check for all six in the common case: every character _UNSAFE
+    # matches but the backslash is one that str.isprintable refuses.
+    if not joined.isprintable() or "\\" in joined:
+        method, path, error_type, request_id, upstream, protocol = map(
+            escaped, (method, path, error_type, request_id, upstream, protocol)
+        )
     duration_ms = round(seconds * 1000)
-    proto = "" if protocol == "HTTP/1.1" else f" proto={escaped(protocol)}"
+    proto = "" if protocol == "HTTP/1.1" else f" proto={protocol}"
     sink.record(
         f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}"
         + (f" trace={trace_id}" if trace_id else "")
         + proto,
         {
-            "protocol": escaped(protocol),
+            "protocol": protocol,
             "method": method,
             "path": path,
             "status": status,
@@ -90,7 +96,7 @@ def record_access(
             "duration_ms": duration_ms,
             "error_type": error_type,
             "request_id": request_id,
-            "upstream": escaped(upstream),
+            "upstream": upstream,
             "trace_id": trace_id,
         },
     )
