@@ -25,10 +25,6 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _HEALTH_VALUES = {"up": 1.0, "down": 0.0, "unknown": -1.0}
 
 
-def _method_label(method: str) -> str:
-    return method if method in _METHODS else "OTHER"
-
-
 @define(slots=False)
 class Telemetry:
     """
@@ -141,7 +137,7 @@ class Telemetry:
         by the idempotency guard, never as an error).
         """
         self.in_flight -= 1
-        label = _method_label(method)
+        label = method if method in _METHODS else "OTHER"
         self._requests.inc((label, str(status)))
         self._request_seconds.observe((label,), seconds)
         if error_type == REPLAYED:
