@@ -70,6 +70,16 @@ class ParseTests(SynchronousTestCase):
             self.assertTrue(HEX.fullmatch(trace.trace_id) and len(trace.trace_id) == 32, value)
             self.assertEqual(trace.sampled, "01")
 
+    def test_any_spelling_read(self) -> None:
+        """The traceparent is read whatever the case of its name, as Headers.getRawHeaders reads it."""
+        for name in (b"traceparent", b"TRACEPARENT", b"TraceParent", "traceparent", "Traceparent"):
+            for fill in ("constructor", "setRawHeaders", "addRawHeader"):
+                headers = Headers({name: [VALID]}) if fill == "constructor" else Headers()
+                if fill != "constructor":
+                    getattr(headers, fill)(name, VALID if fill == "addRawHeader" else [VALID])
+                self.assertEqual(headers.getRawHeaders(b"traceparent"), [VALID.encode()], (name, fill))
+                self.assertEqual(trace_of(headers).trace_id, TRACE, (name, fill))
+
     def test_two_headers_invalid(self) -> None:
         """Two traceparent fields are invalid: a new trace."""
         self.assertFalse(traced(VALID, VALID).continued)
