@@ -113,7 +113,7 @@ class HealthState:
         """
         A proxied try got a response: the upstream is up.
         """
-        if self.passive:
+        if self.passive and (self.status is not Health.UP or self.reason):  # else already so
             self.mark_up()
 
     def try_failed(self, failure: TryFailure) -> None:
