@@ -138,6 +138,8 @@ class _Sink:
     An access sink that keeps what it is given.
     """
 
+    wants_fields = True
+
     def __init__(self, lines: list[tuple[str, dict[str, object]]]) -> None:
         self._lines = lines
 
