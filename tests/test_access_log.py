@@ -10,13 +10,15 @@ import json
 import time
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sora2proxy import ProxyConfig
 from sora2proxy._config import ConfigError
-from sora2proxy.forward._seams import escaped
+from sora2proxy.forward._seams import escaped, record_access
 from sora2proxy.ops._access_log import (
     FLUSH_EVERY,
     FLUSH_LINES,
@@ -111,6 +113,40 @@ class FileSinkTests(SynchronousTestCase):
         self.assertIn("--access-log", str(raised.exception))
 
 
+#: Pieces of access-log text: safe ones, and each kind that is escaped or
+#: that only looks unsafe (NBSP, Latin-1 letters).
+_PIECES = [
+    "a",
+    "/x",
+    "%2F",
+    " ",
+    "\\",
+    "\x00",
+    "\n",
+    "\x7f",
+    "\x85",
+    "\xa0",
+    "\xe9",
+    "\u2028",
+    "\u2029",
+    "\u3000",
+]
+
+
+class _Sink:
+    """
+    An access sink that keeps what it is given.
+    """
+
+    wants_fields = True
+
+    def __init__(self, lines: list[tuple[str, dict[str, object]]]) -> None:
+        self._lines = lines
+
+    def record(self, line: str, fields: dict[str, object]) -> None:
+        self._lines.append((line, fields))
+
+
 class EscapingTests(SynchronousTestCase):
     def test_controls_escaped(self) -> None:
         """C0, DEL, C1 (U+0085 included), U+2028/U+2029 and the backslash are written as escapes."""
@@ -129,6 +165,25 @@ class EscapingTests(SynchronousTestCase):
         """No character that splitlines() breaks on survives escaping."""
         every = "".join(chr(c) for c in range(0x3000))
         self.assertEqual(escaped(every).splitlines(), [escaped(every)])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(_PIECES), max_size=6).map("".join), st.integers(0, 5))
+    def test_fields_escaped_as_escaped_says(self, text: str, where: int) -> None:
+        """Whichever field holds unsafe text, the line and fields escape it exactly as escaped() does."""
+        fields = ["GET", "/api/proxy/a", "", "r1", "http://u/api", "HTTP/1.1"]
+        fields[where] = text
+        lines: list[tuple[str, dict[str, object]]] = []
+        method, path, error_type, request_id, upstream, protocol = fields
+        record_access(
+            _Sink(lines), method, path, 502, 2, 0.0125, error_type, request_id, upstream, "ab" * 16, protocol
+        )
+        m, p, e, r, u, proto = map(escaped, fields)
+        shown = "" if proto == "HTTP/1.1" else f" proto={proto}"
+        self.assertEqual(lines[0][0], f"{m} {p} 502 tries=2 12ms {e} id={r} trace={'ab' * 16}{shown}")
+        self.assertEqual((lines[0][1]["method"], lines[0][1]["path"], lines[0][1]["error_type"]), (m, p, e))
+        self.assertEqual(
+            (lines[0][1]["request_id"], lines[0][1]["upstream"], lines[0][1]["protocol"]), (r, u, proto)
+        )
 
 
 class AccessFileProcessTests(SynchronousTestCase):

@@ -152,3 +152,26 @@ class HealthMonitorTests(SynchronousTestCase):
         agent.flush()
         self.assertEqual(heard, [0, 10])
         monitor.stopService()
+
+
+class PassiveHealthTests(SynchronousTestCase):
+    def test_answered_try_marks_up(self) -> None:
+        """A proxied try's answer marks an unknown or down upstream up, with no reason left."""
+        clock = Clock()
+        state = HealthState(clock, "http://u/api")
+        state.try_succeeded()
+        self.assertEqual((state.status, state.reason), (Health.UP, ""))
+        clock.advance(3)
+        state.mark_down("connection refused")
+        clock.advance(4)
+        state.try_succeeded()
+        state.try_succeeded()
+        self.assertEqual((state.status, state.reason, state.changed_at), (Health.UP, "", 7))
+        self.assertEqual(list(state.history), [(0, "up"), (3, "down"), (7, "up")])
+
+    def test_not_passive_kept(self) -> None:
+        """With tries not counted, a proxied try's answer leaves a down upstream down."""
+        state = HealthState(Clock(), "http://u/api", passive=False)
+        state.mark_down("HTTP 503")
+        state.try_succeeded()
+        self.assertEqual((state.status, state.reason), (Health.DOWN, "HTTP 503"))

@@ -24,7 +24,7 @@ from sora2proxy.ops._status import (
     percent,
     render_status,
 )
-from sora2proxy.ops._windows import LatencyWindow
+from sora2proxy.ops._windows import CEILING, FLOOR, LatencyWindow, bucket_of, bucket_value
 
 #: A quantile read from a bucket is its geometric middle: within sqrt(1.05) - 1 of the exact value.
 TOLERANCE = 0.025
@@ -124,6 +124,14 @@ class LatencyTests(SynchronousTestCase):
         for q, estimate in zip((0.5, 0.95, 0.99), quantiles, strict=True):
             want = exact(values, q)
             self.assertLessEqual(abs(estimate - want) / want, TOLERANCE)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([0.0, FLOOR, FLOOR * 1.05, CEILING, CEILING * 2]) | st.floats(0, 1e5))
+    def test_bucket_as_bucket_of_says(self, seconds: float) -> None:
+        """A latency is read back as the middle of the bucket bucket_of names, floor and ceiling included."""
+        window = LatencyWindow()
+        window.observe(5.0, seconds)
+        self.assertEqual(window.quantiles(5.5), (1, [bucket_value(bucket_of(seconds))] * 3))
 
     def test_last_minute_only_bounded(self) -> None:
         """Only the last 60 s count, and 100,000 requests over two minutes keep at most 61 small histograms."""

@@ -7,6 +7,7 @@ in the access line, in error bodies and on the status page.
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -69,6 +70,26 @@ class ParseTests(SynchronousTestCase):
             self.assertNotEqual(trace.trace_id, TRACE, value)
             self.assertTrue(HEX.fullmatch(trace.trace_id) and len(trace.trace_id) == 32, value)
             self.assertEqual(trace.sampled, "01")
+
+    def test_any_spelling_read(self) -> None:
+        """The traceparent is read whatever the case of its name, as Headers.getRawHeaders reads it."""
+        for name in (b"traceparent", b"TRACEPARENT", b"TraceParent", "traceparent", "Traceparent"):
+            for fill in ("constructor", "setRawHeaders", "addRawHeader"):
+                headers = Headers({name: [VALID]}) if fill == "constructor" else Headers()
+                if fill != "constructor":
+                    getattr(headers, fill)(name, VALID if fill == "addRawHeader" else [VALID])
+                self.assertEqual(headers.getRawHeaders(b"traceparent"), [VALID.encode()], (name, fill))
+                self.assertEqual(trace_of(headers).trace_id, TRACE, (name, fill))
+
+    def test_ids_from_random_bits(self) -> None:
+        """New ids are the random bits in lowercase hex, zero-padded: the trace's 128, the span's 64."""
+        self.addCleanup(random.setstate, random.getstate())
+        for seed in range(300):
+            random.seed(seed)
+            new, continued = trace_of(Headers()), traced(VALID)
+            random.seed(seed)
+            self.assertEqual(new.trace_id + new.span_id, format(random.getrandbits(192), "048x"))
+            self.assertEqual(continued.span_id, format(random.getrandbits(64), "016x"))
 
     def test_two_headers_invalid(self) -> None:
         """Two traceparent fields are invalid: a new trace."""

@@ -226,8 +226,9 @@ class Responder:
         context.logged = True
         elapsed = self._clock.seconds() - context.started
         trace_id = "" if context.trace is None else context.trace.trace_id
+        method = context.method.decode("latin-1")
         self.telemetry.request_finished(
-            context.method.decode("latin-1"),
+            method,
             context.path,
             status,
             error_type,
@@ -238,7 +239,7 @@ class Responder:
         )
         record_access(
             self._access,
-            context.method.decode("latin-1"),
+            method,
             context.path,
             status,
             tries,

@@ -44,12 +44,17 @@ def escaped(text: str) -> str:
 class AccessSink(Protocol):
     """
     Where each request's access line goes (C{--access-log}).
+
+    @ivar wants_fields: whether L{record} reads its C{fields}; a sink that
+        writes the line alone is given none (they are not built for it).
     """
+
+    wants_fields: bool
 
     def record(self, line: str, fields: dict[str, Any]) -> None:
         """
         Log one request: C{line} for people, C{fields} for machines (every
-        text field L{escaped}).
+        text field L{escaped}; empty unless L{wants_fields}).
         """
 
 
@@ -74,26 +79,35 @@ def record_access(
         line names it (C{proto=HTTP/2.0}) when it is not HTTP/1.1, the
         fields always.
     """
-    method, path, error_type, request_id = map(escaped, (method, path, error_type, request_id))
+    joined = "".join((method, path, error_type, request_id, upstream, protocol))
+    # One check for all six in the common case: every character _UNSAFE
+    # matches but the backslash is one that str.isprintable refuses.
+    if not joined.isprintable() or "\\" in joined:
+        method, path, error_type, request_id, upstream, protocol = map(
+            escaped, (method, path, error_type, request_id, upstream, protocol)
+        )
     duration_ms = round(seconds * 1000)
-    proto = "" if protocol == "HTTP/1.1" else f" proto={escaped(protocol)}"
-    sink.record(
-        f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}"
-        + (f" trace={trace_id}" if trace_id else "")
-        + proto,
-        {
-            "protocol": escaped(protocol),
-            "method": method,
-            "path": path,
-            "status": status,
-            "tries": tries,
-            "duration_ms": duration_ms,
-            "error_type": error_type,
-            "request_id": request_id,
-            "upstream": escaped(upstream),
-            "trace_id": trace_id,
-        },
+    trace = f" trace={trace_id}" if trace_id else ""
+    proto = "" if protocol == "HTTP/1.1" else f" proto={protocol}"
+    line = (
+        f"{method} {path} {status} tries={tries} {duration_ms}ms {error_type} id={request_id}{trace}{proto}"
     )
+    if not sink.wants_fields:
+        sink.record(line, {})
+        return
+    fields = {
+        "protocol": protocol,
+        "method": method,
+        "path": path,
+        "status": status,
+        "tries": tries,
+        "duration_ms": duration_ms,
+        "error_type": error_type,
+        "request_id": request_id,
+        "upstream": upstream,
+        "trace_id": trace_id,
+    }
+    sink.record(line, fields)
 
 
 class RequestTelemetry(Protocol):

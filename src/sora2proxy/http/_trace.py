@@ -18,10 +18,12 @@ import re
 from random import getrandbits
 
 from attrs import frozen
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
+#: The name as C{Headers} keeps it (Header-Case), read without C{getRawHeaders}.
+_STORED_TRACEPARENT = _nameEncoder.encode(TRACEPARENT)
 #: version-traceid-parentid-flags, lowercase hex; a later version may add fields after a dash.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\x00-\x1f]*)?")
 _ZERO_TRACE = b"0" * 32
@@ -58,7 +60,7 @@ def trace_of(headers: Headers) -> Trace:
     The trace of a request with C{headers}: the client's, continued, when it
     sent exactly one valid C{traceparent}; else a new one.
     """
-    values = headers.getRawHeaders(TRACEPARENT)
+    values = headers._rawHeaders.get(_STORED_TRACEPARENT)
     if values is not None and len(values) == 1:
         found = _TRACEPARENT.fullmatch(values[0].strip(b" \t"))
         if found is not None:
@@ -70,6 +72,8 @@ def trace_of(headers: Headers) -> Trace:
                 and parent_id != _ZERO_PARENT
             ):
                 sampled = "01" if int(flags, 16) & 1 else "00"
-                return Trace(trace_id.decode("ascii"), f"{getrandbits(64):016x}", sampled, True)
-    ids = f"{getrandbits(192):048x}"  # both ids at once
+                return Trace(
+                    trace_id.decode("ascii"), getrandbits(64).to_bytes(8, "big").hex(), sampled, True
+                )
+    ids = getrandbits(192).to_bytes(24, "big").hex()  # both ids at once (hex() is quicker than a format)
     return Trace(ids[:32], ids[32:], "01", False)

@@ -43,6 +43,7 @@ class LoggerSink:
     """
 
     log = Logger(namespace="sora2proxy.access")
+    wants_fields = True
 
     def record(self, line: str, fields: dict[str, Any]) -> None:
         self.log.info("{access}", access=line, **fields)
@@ -52,6 +53,8 @@ class NoSink:
     """
     C{--access-log off}.
     """
+
+    wants_fields = False
 
     def record(self, line: str, fields: dict[str, Any]) -> None:
         pass
@@ -77,7 +80,7 @@ class FileSink(Service):
     ) -> None:
         self._out: IO[str] | None = out
         self._clock = clock
-        self._json = json_lines
+        self._json = self.wants_fields = json_lines  # text lines are the line alone
         self._path = path
         self._lines: list[str] = []
         self._timer: IDelayedCall | None = None

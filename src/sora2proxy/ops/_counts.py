@@ -77,7 +77,8 @@ class LabelledHistograms:
         histogram = self.values.get(labels)
         if histogram is None:
             histogram = self.values[labels] = Histogram(self._bounds)
-        histogram.observe(value)
+        histogram.counts[bisect_left(self._bounds, value)] += 1  # Histogram.observe, one call fewer
+        histogram.sum += value
 
 
 class CountedMetrics(Collector):

@@ -25,10 +25,6 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _HEALTH_VALUES = {"up": 1.0, "down": 0.0, "unknown": -1.0}
 
 
-def _method_label(method: str) -> str:
-    return method if method in _METHODS else "OTHER"
-
-
 @define(slots=False)
 class Telemetry:
     """
@@ -64,19 +60,19 @@ class Telemetry:
             "sora2proxy_upstream_duration_seconds", "Time from sending a try to its response headers.",
             ["upstream"],
         )  # fmt: skip
-        self._errors = Counter(
+        self._errors = _Children(Counter(
             "sora2proxy_errors", "Error answers made by the proxy, by errorType.", ["error_type"],
             registry=registry,
-        )  # fmt: skip
+        ))  # fmt: skip
         self._in_flight = Gauge("sora2proxy_requests_in_flight", "Requests being handled.", registry=registry)
         self._in_flight.set_function(lambda: self.in_flight)
-        self._retries = Counter(
+        self._retries = _Children(Counter(
             "sora2proxy_upstream_retries", "Retries sent, by upstream.", ["upstream"], registry=registry
-        )
-        self._health_seconds = Histogram(
+        ))  # fmt: skip
+        self._health_seconds = _Children(Histogram(
             "sora2proxy_health_check_duration_seconds", "Health-check latency.", ["upstream"],
             buckets=_LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def watch_idempotency(self, guard: Any) -> None:
         """
@@ -141,13 +137,13 @@ class Telemetry:
         by the idempotency guard, never as an error).
         """
         self.in_flight -= 1
-        label = _method_label(method)
+        label = method if method in _METHODS else "OTHER"
         self._requests.inc((label, str(status)))
         self._request_seconds.observe((label,), seconds)
         if error_type == REPLAYED:
             error_type = ""
         elif error_type:
-            self._errors.labels(error_type).inc()
+            self._errors.of(error_type).inc()
         self.board.request_finished(method, path, status, error_type, request_id, upstream, seconds, trace_id)
 
     def try_finished(self, upstream: str, outcome: str, seconds: float) -> None:
@@ -162,7 +158,7 @@ class Telemetry:
         """
         A retry is sent to C{upstream}.
         """
-        self._retries.labels(upstream).inc()
+        self._retries.of(upstream).inc()
         self.board.retried()
 
     def health_checked(self, upstream: str, status: str, seconds: float) -> None:
@@ -170,7 +166,30 @@ class Telemetry:
         A health check ended with C{status} (C{up}, C{down}); the health
         itself is read at scrape time (L{watch_health}).
         """
-        self._health_seconds.labels(upstream).observe(seconds)
+        self._health_seconds.of(upstream).observe(seconds)
+
+
+class _Children:
+    """
+    The children of a C{prometheus_client} metric with one label, each
+    looked up once: C{labels()} checks its values and takes a lock on every
+    call.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[str, Any] = {}
+
+    def of(self, value: str) -> Any:
+        """
+        @return: the child for label value C{value}.
+        """
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._metric.labels(value)
+        return child
 
 
 class _HealthCollector(Collector):

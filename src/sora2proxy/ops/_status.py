@@ -74,7 +74,6 @@ class StatusBoard:
 
     _clock: IReactorTime
     _groups: dict[str, ErrorGroup] = field(factory=dict)
-    _requests: WindowCount = field(factory=WindowCount)
     _retries: WindowCount = field(factory=WindowCount)
     _failures: WindowCount = field(factory=WindowCount)
     _latency: LatencyWindow = field(factory=LatencyWindow)
@@ -96,8 +95,7 @@ class StatusBoard:
         it failed.  The path is kept without its query (it may hold tokens).
         """
         now = self._clock.seconds()
-        self._requests.add(now)
-        self._latency.observe(now, seconds)
+        self._latency.observe(now, seconds)  # also the count of requests in the window
         if error_type or status >= 500:
             self._failures.add(now)
             latest = {
@@ -139,7 +137,8 @@ class StatusBoard:
         Everything the status page shows, as JSON-ready data.
         """
         now = self._clock.seconds()
-        requests = self._requests.total(now)
+        latency = _latency(self._latency, now)
+        requests = latency["count"]
         retries = self._retries.total(now)
         failures = self._failures.total(now)
         shown = [u.snapshot() for u in upstreams]
@@ -159,7 +158,7 @@ class StatusBoard:
             },
             "latency": {
                 "windowSeconds": RATE_WINDOW,
-                "requests": _latency(self._latency, now),
+                "requests": latency,
                 "upstreams": {url: _latency(w, now) for url, w in self._upstream_latency.items()},
             },
             "upstreams": shown,

@@ -30,17 +30,15 @@ class RetryBudget:
     _retries: deque[float] = field(factory=deque, init=False)
 
     def _prune(self, now: float) -> None:
-        oldest = now - self.window
-        for times in (self._requests, self._retries):
-            while times and times[0] <= oldest:
-                times.popleft()
+        _drop_older(self._requests, now - self.window)
+        _drop_older(self._retries, now - self.window)
 
     def record_request(self) -> None:
         """
         A request arrived (its first try is not a retry).
         """
         now = self._clock.seconds()
-        self._prune(now)
+        _drop_older(self._requests, now - self.window)  # the retries are pruned when read
         self._requests.append(now)
 
     def allow_retry(self) -> bool:
@@ -62,3 +60,11 @@ class RetryBudget:
         """
         self._prune(self._clock.seconds())
         return len(self._retries)
+
+
+def _drop_older(times: deque[float], oldest: float) -> None:
+    """
+    Forget the times of C{times} (oldest first) up to C{oldest}.
+    """
+    while times and times[0] <= oldest:
+        times.popleft()

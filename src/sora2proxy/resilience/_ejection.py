@@ -80,7 +80,7 @@ class Ejection:
         """
         A try is sent to this upstream; after a cool-down it is the probe.
         """
-        if self.in_probation():
+        if self.ejected_until is not None and self.in_probation():  # checked first: no call when not ejected
             self.probing = True
 
     def succeeded(self) -> None:
@@ -88,7 +88,7 @@ class Ejection:
         A try got an answer that is not a gateway failure.
         """
         self.consecutive = 0
-        if self.in_probation():
+        if self.ejected_until is not None and self.in_probation():
             self._return("a probe was answered")
 
     def health_check_passed(self) -> None:

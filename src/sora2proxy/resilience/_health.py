@@ -40,6 +40,11 @@ class Health(enum.Enum):
     DOWN = "down"
 
 
+#: The members read on every request, looked up once: Python 3.11's
+#: C{EnumType} defines C{__getattr__}, which slows every read from the class.
+_UP, _DOWN = Health.UP, Health.DOWN
+
+
 @define
 class HealthState:
     """
@@ -73,7 +78,7 @@ class HealthState:
         """
         Whether requests should fail fast.
         """
-        return self.status is Health.DOWN
+        return self.status is _DOWN
 
     def mark_up(self) -> None:
         """
@@ -113,7 +118,7 @@ class HealthState:
         """
         A proxied try got a response: the upstream is up.
         """
-        if self.passive:
+        if self.passive and (self.status is not _UP or self.reason):  # else already so
             self.mark_up()
 
     def try_failed(self, failure: TryFailure) -> None:
