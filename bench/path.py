@@ -10,7 +10,8 @@ CPU microseconds per request, best of a few rounds.
 
 C{CONCURRENCY=64} keeps 64 requests in flight (64 client connections, each
 request answered once all 64 are with the upstream), as wrk does at 64
-connections: more live objects, for the garbage collector too.
+connections: more live objects, for the garbage collector too.  C{GCX=freeze}
+(C{gc.freeze()} after the warm-up) or C{GCX=off} measures the collector's share.
 
 Run it with another checkout's interpreter (its venv) to compare two
 versions; C{PROFILE=FILE} writes a cProfile of the run to FILE.
@@ -19,6 +20,7 @@ versions; C{PROFILE=FILE} writes a cProfile of the run to FILE.
 from __future__ import annotations
 
 import cProfile
+import gc
 import heapq
 import os
 import sys
@@ -163,15 +165,17 @@ def main() -> None:
     bench = Bench(sys.argv[3:])
     bench.run(200)  # warm up
     if os.environ.get("GCX") == "freeze":
-        import gc; gc.freeze()
+        gc.freeze()
     elif os.environ.get("GCX") == "off":
-        import gc; gc.disable()
+        gc.disable()
     profile = os.environ.get("PROFILE")
     if profile:
         cProfile.runctx("bench.run(count)", globals(), {"bench": bench, "count": count}, profile)
         return
     best = min(bench.run(count) for _ in range(rounds))
-    print(f"{best / count * 1e6:.1f} us per request (best of {rounds} x {count}; upstream connections {bench.opened})")
+    print(
+        f"{best / count * 1e6:.1f} us per request (best of {rounds} x {count}; upstream connections {bench.opened})"
+    )
 
 
 if __name__ == "__main__":
