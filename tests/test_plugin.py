@@ -176,6 +176,37 @@ def _with_site_packages(probe: str) -> str:
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def test_twistd_freezes_startup_objects(self) -> None:
+        """
+        Under twistd the objects alive at start are frozen out of the garbage
+        collector's full collections; a service built for embedding leaves the
+        collector alone.
+        """
+        import gc
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sora2proxy._tap import makeService
+        from sora2proxy.ops._lifecycle import FrozenStartup
+
+        options = Options(environ={})
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none"])
+        service = makeService(options)
+        ports = _ports(service)
+        self.assertEqual(len(ports), 1)
+        self.addCleanup(lambda: [port.stopListening() for port in ports])  # type: ignore[attr-defined]
+        frozen = [child for child in service if isinstance(child, FrozenStartup)]  # type: ignore[attr-defined]
+        self.assertEqual(len(frozen), 1)
+        assert options.config is not None
+        embedded = build_service(options.config, [], MemoryReactorClock())
+        self.assertFalse(any(isinstance(child, FrozenStartup) for child in embedded))  # type: ignore[attr-defined]
+        self.addCleanup(gc.unfreeze)
+        before = gc.get_freeze_count()
+        kept = [object()]  # a container alive at start: frozen with the rest
+        frozen[0].startService()
+        self.assertGreater(gc.get_freeze_count(), before)
+        self.assertTrue(kept)
+
     def test_listeners_and_monitor(self) -> None:
         """makeService's service has a listener per --listen and the health monitor."""
         from twisted.internet.testing import MemoryReactorClock
@@ -200,3 +231,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.tcpServers[2][3], "127.0.0.1")
         self.assertEqual(len(reactor.tcpClients), 1, "the first health check connects at once")
         service.stopService()
+
+
+def _ports(service: object) -> list[object]:
+    """The listening ports of C{service}'s tree."""
+    found: list[object] = []
+    for child in getattr(service, "services", []):
+        port = getattr(child, "_port", None) or getattr(child, "port", None)
+        if port is not None and hasattr(port, "stopListening"):
+            found.append(port)
+        found += _ports(child)
+    return found

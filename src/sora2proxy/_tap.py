@@ -28,6 +28,7 @@ from ._config import (
 from ._service import build_service
 from .ops._access_log import default_access_log, twistd_log_file
 from .ops._config_file import arguments_from_file
+from .ops._lifecycle import FrozenStartup
 from .ops._listening import check_port_range, exit_at_startup
 from .ops._reload import Loaded
 from .ops._workers import reuseport_tcp
@@ -372,8 +373,7 @@ def _check_endpoint(description: str, option: str = "--listen") -> None:
 
 def reread(argv: list[str], environ: Mapping[str, str], twistd: Any = None) -> Loaded:
     """
-    The configuration of C{argv} and C{environ} read again (the
-    C{--config} file with it), for a reload.
+    C{argv} and C{environ} read again (the C{--config} file too), for a reload.
 
     @raise ConfigError: a bad value.
     @raise usage.UsageError: a bad command line.
@@ -386,15 +386,15 @@ def reread(argv: list[str], environ: Mapping[str, str], twistd: Any = None) -> L
 
 
 def makeService(options: Options) -> IService:
-    """
-    The twistd entry point.
-    """
+    """The twistd entry point; the objects alive once it starts are frozen (L{FrozenStartup})."""
     from twisted.internet import reactor
 
     assert options.config is not None
     config, listen, twistd = options.config, options.listen, options.parent
     load = partial(reread, options.argv, options.environ, twistd)
     try:
-        return build_service(config, listen, reactor, load, options["config"], twistd_log_file(twistd))
+        service = build_service(config, listen, reactor, load, options["config"], twistd_log_file(twistd))
     except (ValueError, OSError) as e:  # ConfigError for a port that cannot be bound
         exit_at_startup(e)
+    FrozenStartup().setServiceParent(service)  # type: ignore[no-untyped-call]
+    return service
