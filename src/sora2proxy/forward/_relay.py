@@ -187,15 +187,7 @@ def start_response(
     # Twisted sends "Unknown Status" for them); the upstream's for a code it lacks.
     request.setResponseCode(response.code, reason_phrase(response.code, response.phrase))
     headers = request.responseHeaders
-    fields: Fields | None = getattr(response, "fields", None)
-    pairs: Iterable[tuple[bytes, tuple[bytes, Sequence[bytes]]]]
-    if fields is not None:  # an UpstreamResponse: its fields as parsed, no Headers built
-        control: Fields = getattr(response, "connection_fields", {})
-        named = listed_names(control.get(b"connection", (b"", []))[1])
-        pairs = fields.items()
-    else:
-        named = connection_named(response.headers)
-        pairs = [(name.lower(), (name, values)) for name, values in response.headers.getAllRawHeaders()]
+    named, pairs = _fields_of(response)
     raw, encode, code = headers._rawHeaders, canonical, response.code  # values parsed: no CR or LF
     for lower, (name, values) in pairs:
         if lower in _LOOKED_AT or (named and lower in named):
@@ -217,6 +209,18 @@ def start_response(
         raw[_CONTENT_LENGTH] = [b"%d" % length]
     append_via(headers)
     raw[REQUEST_ID_KEY] = [request_id.encode("ascii")]
+
+
+def _fields_of(
+    response: IResponse,
+) -> tuple[frozenset[bytes], Iterable[tuple[bytes, tuple[bytes, Sequence[bytes]]]]]:
+    # The names its Connection header lists, and its fields by lowercase name.
+    fields: Fields | None = getattr(response, "fields", None)
+    if fields is not None:  # an UpstreamResponse: its fields as parsed, no Headers built
+        control: Fields = getattr(response, "connection_fields", {})
+        return listed_names(control.get(b"connection", (b"", []))[1]), fields.items()
+    named = connection_named(response.headers)
+    return named, [(name.lower(), (name, values)) for name, values in response.headers.getAllRawHeaders()]
 
 
 def public_base(request: Request, secure: bool | None = None) -> bytes:
