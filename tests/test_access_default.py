@@ -126,6 +126,25 @@ class ReopenTests(SynchronousTestCase):
         self.assertEqual(_tails(path.with_suffix(".1")), ["GET /one 200", "GET /two 200"])
         self.assertEqual(_tails(path), ["GET /three 200"])
 
+    def test_reopen_keeps_the_mode(self) -> None:
+        """
+        The file reopened after a rotation has the old file's mode, whatever
+        the daemon's umask (twistd's is 0077), unless logrotate made it.
+        """
+        import os
+
+        sink, path = self.sink()
+        path.chmod(0o644)
+        path.rename(path.with_suffix(".1"))
+        old_umask = os.umask(0o077)
+        self.addCleanup(os.umask, old_umask)
+        sink.reopen()
+        self.assertEqual(path.stat().st_mode & 0o777, 0o644)
+        path.rename(path.with_suffix(".2"))
+        path.touch(0o600)  # logrotate's create, with its own mode
+        sink.reopen()
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+
     def test_reopen_failure_keeps_the_old_file(self) -> None:
         """A file that cannot be reopened (its folder gone) leaves the lines going to the old file."""
         sink, path = self.sink()

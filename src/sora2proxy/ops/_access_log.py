@@ -145,7 +145,11 @@ class FileSink(Service):
         if self._path is None or self._out is None:
             return
         try:
+            mode = os.fstat(self._out.fileno()).st_mode & 0o777
+            created = not os.path.exists(self._path)  # logrotate's create made none
             fresh = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 (kept until the next reopen)
+            if created:  # the old file's mode, not the umask of a daemon (0077)
+                os.fchmod(fresh.fileno(), mode)
         except OSError as e:
             self.log.error(
                 "access log: cannot reopen {path} ({error}); still writing to the old file",
