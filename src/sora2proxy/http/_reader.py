@@ -93,8 +93,8 @@ class ResponseReader:
 
     # fmt: off
     __slots__ = (
-        "_chunked", "_code", "_complete", "_control", "_counted", "_direct", "_ended", "_fields",
-        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
+        "_chunked", "_code", "_complete", "_control", "_direct", "_ended", "_field_count", "_fields",
+        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_minor",
         "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
         "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
@@ -136,7 +136,6 @@ class ResponseReader:
         self._stalled = 0
         self._progress = False
         self._trailer_bytes = 0
-        self._counted = 0  # trailer lines counted in _trailer_bytes
         self._held: list[bytes] | None = None  # body read before the head is handed over
         self._ended: bool | None = None  # the response ended while held (whether stray bytes followed)
         self.until_close = False
@@ -149,7 +148,7 @@ class ResponseReader:
         self._phrase = b""
         self._fields: _Fields = {}
         self._control: _Fields = {}
-        self._lines: list[tuple[bytes, bytes]] = []
+        self._field_count = 0
         self._head_done = False
         self._complete = False
         self._keep_alive = False
@@ -282,7 +281,6 @@ class ResponseReader:
                 self._direct_body(data, stray)
                 return
         self._progress = False
-        trailers = len(self._lines)
         try:
             self._parser.feed_data(data)
         except HttpParserError as error:
@@ -291,8 +289,8 @@ class ResponseReader:
                     return  # abandoned
                 raise _invalid(error) from None
             stray = True  # llhttp read past the end: more bytes followed
-        if len(self._lines) != trailers:
-            self._trailers_read()
+        if self._trailer_bytes > MAX_TRAILERS:
+            raise WireError("the trailers are too large")
         if self._complete:
             self._finish(stray)
         elif self._chunked:
@@ -311,14 +309,6 @@ class ResponseReader:
             self._complete = True
             self._finish(stray)
 
-    def _trailers_read(self) -> None:
-        self._progress = True
-        lines = self._lines
-        self._trailer_bytes += sum(len(name) + len(value) + 4 for name, value in lines[self._counted :])
-        self._counted = len(lines)
-        if self._trailer_bytes > MAX_TRAILERS:
-            raise WireError("the trailers are too large")
-
     def _finish(self, stray: bool) -> None:
         if self._held is not None:  # the head is not handed over yet
             self._ended = stray
@@ -336,12 +326,25 @@ class ResponseReader:
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._lines.append((name, value))  # sorted out once the head is complete
+        if self._head_done:  # a trailer field: counted, then dropped
+            self._trailer_bytes += len(name) + len(value) + 4
+            self._progress = True
+            return
+        # Sorted as read (one pass, no list of lines kept for later).
+        self._field_count += 1
+        lower = name.lower()
+        target = self._control if lower in CONNECTION_CONTROL else self._fields
+        value = value.rstrip(b" \t")
+        if lower in target:
+            target[lower][1].append(value)
+        else:
+            target[lower] = (name, [value])
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._head_done = True
-        self._sort_fields()
+        if self._field_count > MAX_HEADERS:
+            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
         self._code = code = parser.get_status_code()
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -354,21 +357,6 @@ class ResponseReader:
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
         self._minor = 1 if version == "1.1" else 0
         self._keep_alive = parser.should_keep_alive()
-
-    def _sort_fields(self) -> None:
-        lines, self._lines = self._lines, []  # what follows are trailers
-        if len(lines) > MAX_HEADERS:
-            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
-        fields = self._fields
-        control = self._control
-        for name, value in lines:
-            lower = name.lower()
-            target = control if lower in CONNECTION_CONTROL else fields
-            entry = target.get(lower)
-            if entry is None:
-                target[lower] = (name, [value.rstrip(b" \t")])
-            else:
-                entry[1].append(value.rstrip(b" \t"))
 
     def on_body(self, data: bytes) -> None:
         self._progress = True
