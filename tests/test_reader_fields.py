@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import ResponseFailed
 
+from sora2proxy.http._reader import WireError
 from sora2proxy.http._wire import UpstreamConnection
 
 from .test_wire import Body
@@ -103,8 +105,19 @@ class ReaderFieldsTests(SynchronousTestCase):
             )
 
     def test_as_many_fields_as_allowed(self) -> None:
-        """An answer with exactly 100 header fields is read whole."""
+        """An answer with 100 header fields (names, repeats, connection fields) is read; one more of any kind is refused."""
+        fields = [(b"X-N%d" % n, b"1") for n in range(30)] + [(b"X-R", b"%d" % n) for n in range(30)]
+        fields += [(b"Keep-Alive", b"timeout=5")] * 20 + [(b"Connection", b"keep-alive")] * 19
+        answer = self.read(self.connection(), response(fields, []), 7)  # and Transfer-Encoding: 100
+        self.assertEqual(answer.headers.getRawHeaders(b"x-r"), [b"%d" % n for n in range(30)])
+        for more in [(b"X-New", b"1"), (b"X-R", b"30"), (b"Keep-Alive", b"timeout=5")]:
+            connection = self.connection()
+            result = connection.send(b"GET /x HTTP/1.1\r\nHost: u\r\n\r\n", None, b"GET")
+            connection.dataReceived(response([*fields, more], []))
+            failure = self.failureResultOf(result, ResponseFailed)
+            self.assertTrue(failure.value.reasons[0].check(WireError))
+
+    def connection(self) -> UpstreamConnection:
         connection = UpstreamConnection(lambda _: None, lambda _: None)
         connection.makeConnection(StringTransport())
-        answer = self.read(connection, response([(b"X-N", b"%d" % n) for n in range(99)], []), 7)
-        self.assertEqual(answer.headers.getRawHeaders(b"x-n"), [b"%d" % n for n in range(99)])
+        return connection

@@ -93,10 +93,10 @@ class ResponseReader:
 
     # fmt: off
     __slots__ = (
-        "_chunked", "_code", "_complete", "_control", "_direct", "_ended", "_field_count", "_fields",
-        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_minor",
-        "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
-        "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
+        "_chunked", "_code", "_complete", "_control", "_direct", "_ended", "_fields", "_head_bytes",
+        "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_minor", "_parsed_whole",
+        "_parser", "_phrase", "_progress", "_raw", "_remaining", "_repeats", "_sink", "_stalled", "_start",
+        "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
     # fmt: on
 
@@ -148,7 +148,7 @@ class ResponseReader:
         self._phrase = b""
         self._fields: _Fields = {}
         self._control: _Fields = {}
-        self._field_count = 0
+        self._repeats = 0  # fields whose name came before: a field is a name or a repeat
         self._head_done = False
         self._complete = False
         self._keep_alive = False
@@ -331,19 +331,19 @@ class ResponseReader:
             self._progress = True
             return
         # Sorted as read (one pass, no list of lines kept for later).
-        self._field_count += 1
         lower = name.lower()
         target = self._control if lower in CONNECTION_CONTROL else self._fields
         value = value.rstrip(b" \t")
         if lower in target:
             target[lower][1].append(value)
+            self._repeats += 1
         else:
             target[lower] = (name, [value])
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._head_done = True
-        if self._field_count > MAX_HEADERS:
+        if len(self._fields) + len(self._control) + self._repeats > MAX_HEADERS:
             raise WireError(f"the response has more than {MAX_HEADERS} header fields")
         self._code = code = parser.get_status_code()
         version = parser.get_http_version()
