@@ -171,7 +171,9 @@ class UpstreamClient:
     def _released(self, key: bytes, connection: UpstreamConnection) -> None:
         if connection in self._closing:
             return
-        idle = self._idle.setdefault(key, [])
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         if len(idle) >= self._max_idle:
             self._close(connection)
             return
