@@ -133,25 +133,27 @@ class UpstreamClient:
     def _head(
         method: bytes, target: bytes, host: bytes, headers: Headers | None, body: IBodyProducer | None
     ) -> bytes:
-        # Lines without their CRLF, joined once; Headers' own names (Header-Case) read directly.
-        lines = [b"%s %s HTTP/1.1" % (method, target)]
+        # Pieces joined once: each header line starts with the CRLF that ends
+        # the line before; Headers' own names (Header-Case) read directly.
+        lines = [method, b" ", target, b" HTTP/1.1"]
         raw = {} if headers is None else headers._rawHeaders
         for name, values in raw.items():
             if name in _OWN:
                 continue
             if len(values) == 1:
-                lines.append(name + b": " + values[0])
+                lines += (b"\r\n", name, b": ", values[0])
             else:
-                lines += [name + b": " + value for value in values]
+                for value in values:
+                    lines += (b"\r\n", name, b": ", value)
         if b"Host" not in raw:
-            lines.append(b"Host: " + host)
+            lines += (b"\r\nHost: ", host)
         if body is not None:
             if body.length is UNKNOWN_LENGTH:
-                lines.append(b"Transfer-Encoding: chunked")
+                lines.append(b"\r\nTransfer-Encoding: chunked")
             else:
-                lines.append(b"Content-Length: %d" % body.length)
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+                lines.append(b"\r\nContent-Length: %d" % body.length)
+        lines.append(b"\r\n\r\n")
+        return b"".join(lines)
 
     def _new_connection(self, key: bytes) -> UpstreamConnection:
         return UpstreamConnection(partial(self._released, key), partial(self._lost, key))
