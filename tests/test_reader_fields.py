@@ -1,7 +1,8 @@
 """
 The header fields of an upstream response as the proxy reads them, checked
 against h11 (the oracle): names as sent, values in order without trailing
-whitespace, repeats kept, connection fields kept apart, trailers dropped.
+whitespace, repeats kept, connection fields kept apart, trailers dropped;
+and the HTTP version, checked against httptools' own C{get_http_version}.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import h11
-from hypothesis import given, settings
+from httptools import HttpParserError, HttpResponseParser
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -121,3 +123,46 @@ class ReaderFieldsTests(SynchronousTestCase):
         connection = UpstreamConnection(lambda _: None, lambda _: None)
         connection.makeConnection(StringTransport())
         return connection
+
+
+def llhttp_version(raw: bytes) -> str | None:
+    """
+    @return: the version httptools' own C{get_http_version} gives for the
+        head C{raw}, or L{None} when llhttp refuses the head.
+    """
+    versions: list[str] = []
+
+    class Head:
+        def on_headers_complete(self) -> None:
+            versions.append(parser.get_http_version())
+
+    parser = HttpResponseParser(Head())
+    try:
+        parser.feed_data(raw)
+    except HttpParserError:
+        return None
+    return versions[0] if versions else None
+
+
+class ReaderVersionTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.text("0129.x/ ", min_size=1, max_size=4).map(str.encode), st.integers(1, 12))
+    @example(b"1.1", 1)
+    @example(b"1.0", 6)
+    @example(b"1.1", 40)
+    @example(b"1.2", 7)
+    @example(b"0.9", 2)
+    @example(b"11.1", 3)
+    def test_version_as_llhttp_reads_it(self, version: bytes, piece: int) -> None:
+        """An answer is read when llhttp reads its version as 1.0 or 1.1 (with that version), and refused otherwise."""
+        raw = b"HTTP/" + version + b" 200 OK\r\nContent-Length: 0\r\n\r\n"
+        connection = UpstreamConnection(lambda _: None, lambda _: None)
+        connection.makeConnection(StringTransport())
+        result = connection.send(b"GET /x HTTP/1.1\r\nHost: u\r\n\r\n", None, b"GET")
+        for i in range(0, len(raw), piece):
+            connection.dataReceived(raw[i : i + piece])
+        expected = llhttp_version(raw)
+        if expected in ("1.0", "1.1"):
+            self.assertEqual(self.successResultOf(result).version, (b"HTTP", 1, int(expected[2])))
+        else:
+            self.failureResultOf(result, ResponseFailed)

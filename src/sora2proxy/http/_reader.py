@@ -128,7 +128,7 @@ class ResponseReader:
         self._parsed_whole = self._direct = False
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
-        self._start = b""  # the first bytes of the head, which must be HTTP/
+        self._start = b""  # the first 8 bytes of the head: HTTP/ and the version
         self._in_body = False
         self._raw = False  # llhttp stepped aside (an unasked upgrade): the rest is body
         self._chunked = False
@@ -173,13 +173,13 @@ class ResponseReader:
     def _head(self, data: bytes) -> None:
         while data:
             start = self._start  # llhttp also takes RTSP/ and ICE/, and skips CR and LF before them
-            if len(start) < 5:
+            if len(start) < 8:
                 if not start and data.startswith(b"HTTP/"):
-                    self._start = b"HTTP/"
+                    self._start = data[:8]
                 else:
-                    start = self._start = start + data[: 5 - len(start)]
-                    if not b"HTTP/".startswith(start):
-                        raise WireError(f"the response does not start with HTTP/: {start!r}")
+                    start = self._start = start + data[: 8 - len(start)]
+                    if not b"HTTP/".startswith(start[:5]):
+                        raise WireError(f"the response does not start with HTTP/: {start[:5]!r}")
             tail = self._tail
             search = tail + data if tail else data
             end = search.find(b"\r\n\r\n")
@@ -346,16 +346,18 @@ class ResponseReader:
         if len(self._fields) + len(self._control) + self._repeats > MAX_HEADERS:
             raise WireError(f"the response has more than {MAX_HEADERS} header fields")
         self._code = code = parser.get_status_code()
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise WireError(f"unsupported HTTP version {version}")
+        # llhttp read "HTTP/" and one digit, a dot and one digit: the version
+        # as sent, without formatting llhttp's numbers into a string.
+        version = self._start[5:]
+        if version not in (b"1.1", b"1.0"):
+            raise WireError(f"unsupported HTTP version {version.decode('latin-1')}")
         if code < 100:
             raise WireError(f"bad status code {code}")
         if code == 101 and not self._upgrade:
             raise WireError("101 Switching Protocols to a request that asked for no upgrade")
         if self._phrase not in _USUAL_PHRASES and _BAD_PHRASE.search(self._phrase):
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
-        self._minor = 1 if version == "1.1" else 0
+        self._minor = 1 if version == b"1.1" else 0
         self._keep_alive = parser.should_keep_alive()
 
     def on_body(self, data: bytes) -> None:
