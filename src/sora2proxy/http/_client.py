@@ -26,6 +26,8 @@ from zope.interface import implementer
 
 from ._wire import UpstreamConnection
 
+#: An http(s) URL: its origin (scheme and authority), and its target up to any fragment.
+_URL = re.compile(rb"(https?://[^/?#]*)([^#]*)")
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 #: Headers the client writes itself.
@@ -103,16 +105,10 @@ class UpstreamClient:
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
-        scheme, sep, rest = uri.partition(b"://")
-        if not sep or scheme not in (b"http", b"https"):
+        split = _URL.match(uri)
+        if split is None:
             return fail(ValueError(f"not an http(s) URL: {uri[:80]!r}"))
-        cut = len(rest)
-        for mark in (b"/", b"?", b"#"):
-            found = rest.find(mark)
-            if 0 <= found < cut:
-                cut = found
-        key = uri[: len(scheme) + 3 + cut]
-        target = rest[cut:].partition(b"#")[0]
+        key, target = split.groups()
         if not target.startswith(b"/"):
             target = b"/" + target
         if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
@@ -137,24 +133,26 @@ class UpstreamClient:
     def _head(
         method: bytes, target: bytes, host: bytes, headers: Headers | None, body: IBodyProducer | None
     ) -> bytes:
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        has_host = False
-        if headers is not None:
-            for name, values in headers.getAllRawHeaders():
-                if name in _OWN:
-                    continue
-                if name == b"Host":
-                    has_host = True
+        # Pieces joined once: each header line starts with the CRLF that ends
+        # the line before; Headers' own names (Header-Case) read directly.
+        lines = [method, b" ", target, b" HTTP/1.1"]
+        raw = {} if headers is None else headers._rawHeaders
+        for name, values in raw.items():
+            if name in _OWN:
+                continue
+            if len(values) == 1:
+                lines += (b"\r\n", name, b": ", values[0])
+            else:
                 for value in values:
-                    lines += (name, b": ", value, b"\r\n")
-        if not has_host:
-            lines += (b"Host: ", host, b"\r\n")
+                    lines += (b"\r\n", name, b": ", value)
+        if b"Host" not in raw:
+            lines += (b"\r\nHost: ", host)
         if body is not None:
             if body.length is UNKNOWN_LENGTH:
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                lines.append(b"\r\nTransfer-Encoding: chunked")
             else:
-                lines.append(b"Content-Length: %d\r\n" % body.length)
-        lines.append(b"\r\n")
+                lines.append(b"\r\nContent-Length: %d" % body.length)
+        lines.append(b"\r\n\r\n")
         return b"".join(lines)
 
     def _new_connection(self, key: bytes) -> UpstreamConnection:
@@ -175,7 +173,9 @@ class UpstreamClient:
     def _released(self, key: bytes, connection: UpstreamConnection) -> None:
         if connection in self._closing:
             return
-        idle = self._idle.setdefault(key, [])
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         if len(idle) >= self._max_idle:
             self._close(connection)
             return

@@ -93,10 +93,10 @@ class ResponseReader:
 
     # fmt: off
     __slots__ = (
-        "_chunked", "_code", "_complete", "_control", "_counted", "_direct", "_ended", "_fields",
-        "_head_bytes", "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_lines", "_minor",
-        "_parsed_whole", "_parser", "_phrase", "_progress", "_raw", "_remaining", "_sink", "_stalled",
-        "_start", "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
+        "_chunked", "_code", "_complete", "_control", "_direct", "_ended", "_fields", "_head_bytes",
+        "_head_done", "_head_request", "_held", "_in_body", "_keep_alive", "_minor", "_parsed_whole",
+        "_parser", "_phrase", "_progress", "_raw", "_remaining", "_repeats", "_sink", "_stalled", "_start",
+        "_tail", "_trailer_bytes", "_upgrade", "seen", "until_close",
     )
     # fmt: on
 
@@ -128,7 +128,7 @@ class ResponseReader:
         self._parsed_whole = self._direct = False
         self._tail = b""  # the last bytes of the head fed so far (its end may straddle pieces)
         self._head_bytes = 0
-        self._start = b""  # the first bytes of the head, which must be HTTP/
+        self._start = b""  # the first 8 bytes of the head: HTTP/ and the version
         self._in_body = False
         self._raw = False  # llhttp stepped aside (an unasked upgrade): the rest is body
         self._chunked = False
@@ -136,7 +136,6 @@ class ResponseReader:
         self._stalled = 0
         self._progress = False
         self._trailer_bytes = 0
-        self._counted = 0  # trailer lines counted in _trailer_bytes
         self._held: list[bytes] | None = None  # body read before the head is handed over
         self._ended: bool | None = None  # the response ended while held (whether stray bytes followed)
         self.until_close = False
@@ -149,7 +148,7 @@ class ResponseReader:
         self._phrase = b""
         self._fields: _Fields = {}
         self._control: _Fields = {}
-        self._lines: list[tuple[bytes, bytes]] = []
+        self._repeats = 0  # fields whose name came before: a field is a name or a repeat
         self._head_done = False
         self._complete = False
         self._keep_alive = False
@@ -174,13 +173,13 @@ class ResponseReader:
     def _head(self, data: bytes) -> None:
         while data:
             start = self._start  # llhttp also takes RTSP/ and ICE/, and skips CR and LF before them
-            if len(start) < 5:
+            if len(start) < 8:
                 if not start and data.startswith(b"HTTP/"):
-                    self._start = b"HTTP/"
+                    self._start = data[:8]
                 else:
-                    start = self._start = start + data[: 5 - len(start)]
-                    if not b"HTTP/".startswith(start):
-                        raise WireError(f"the response does not start with HTTP/: {start!r}")
+                    start = self._start = start + data[: 8 - len(start)]
+                    if not b"HTTP/".startswith(start[:5]):
+                        raise WireError(f"the response does not start with HTTP/: {start[:5]!r}")
             tail = self._tail
             search = tail + data if tail else data
             end = search.find(b"\r\n\r\n")
@@ -282,7 +281,6 @@ class ResponseReader:
                 self._direct_body(data, stray)
                 return
         self._progress = False
-        trailers = len(self._lines)
         try:
             self._parser.feed_data(data)
         except HttpParserError as error:
@@ -291,8 +289,8 @@ class ResponseReader:
                     return  # abandoned
                 raise _invalid(error) from None
             stray = True  # llhttp read past the end: more bytes followed
-        if len(self._lines) != trailers:
-            self._trailers_read()
+        if self._trailer_bytes > MAX_TRAILERS:
+            raise WireError("the trailers are too large")
         if self._complete:
             self._finish(stray)
         elif self._chunked:
@@ -311,14 +309,6 @@ class ResponseReader:
             self._complete = True
             self._finish(stray)
 
-    def _trailers_read(self) -> None:
-        self._progress = True
-        lines = self._lines
-        self._trailer_bytes += sum(len(name) + len(value) + 4 for name, value in lines[self._counted :])
-        self._counted = len(lines)
-        if self._trailer_bytes > MAX_TRAILERS:
-            raise WireError("the trailers are too large")
-
     def _finish(self, stray: bool) -> None:
         if self._held is not None:  # the head is not handed over yet
             self._ended = stray
@@ -336,39 +326,39 @@ class ResponseReader:
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._lines.append((name, value))  # sorted out once the head is complete
+        if self._head_done:  # a trailer field: counted, then dropped
+            self._trailer_bytes += len(name) + len(value) + 4
+            self._progress = True
+            return
+        # Sorted as read (one pass, no list of lines kept for later).
+        lower = name.lower()
+        target = self._control if lower in CONNECTION_CONTROL else self._fields
+        value = value.rstrip(b" \t")
+        if lower in target:
+            target[lower][1].append(value)
+            self._repeats += 1
+        else:
+            target[lower] = (name, [value])
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._head_done = True
-        self._sort_fields()
+        if len(self._fields) + len(self._control) + self._repeats > MAX_HEADERS:
+            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
         self._code = code = parser.get_status_code()
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise WireError(f"unsupported HTTP version {version}")
+        # llhttp read "HTTP/" and one digit, a dot and one digit: the version
+        # as sent, without formatting llhttp's numbers into a string.
+        version = self._start[5:]
+        if version not in (b"1.1", b"1.0"):
+            raise WireError(f"unsupported HTTP version {version.decode('latin-1')}")
         if code < 100:
             raise WireError(f"bad status code {code}")
         if code == 101 and not self._upgrade:
             raise WireError("101 Switching Protocols to a request that asked for no upgrade")
         if self._phrase not in _USUAL_PHRASES and _BAD_PHRASE.search(self._phrase):
             raise WireError(f"a control byte in the reason phrase {self._phrase[:80]!r}")
-        self._minor = 1 if version == "1.1" else 0
+        self._minor = 1 if version == b"1.1" else 0
         self._keep_alive = parser.should_keep_alive()
-
-    def _sort_fields(self) -> None:
-        lines, self._lines = self._lines, []  # what follows are trailers
-        if len(lines) > MAX_HEADERS:
-            raise WireError(f"the response has more than {MAX_HEADERS} header fields")
-        fields = self._fields
-        control = self._control
-        for name, value in lines:
-            lower = name.lower()
-            target = control if lower in CONNECTION_CONTROL else fields
-            entry = target.get(lower)
-            if entry is None:
-                target[lower] = (name, [value.rstrip(b" \t")])
-            else:
-                entry[1].append(value.rstrip(b" \t"))
 
     def on_body(self, data: bytes) -> None:
         self._progress = True

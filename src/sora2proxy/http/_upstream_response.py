@@ -81,9 +81,11 @@ class UpstreamResponse:
             raise RuntimeError("the body of this response is delivered already")
         self._protocol = protocol
         protocol.makeConnection(self._transport)
-        early, self._early = self._early, []
-        for data in early:
-            protocol.dataReceived(data)
+        early = self._early
+        if early:
+            self._early = []
+            for data in early:
+                protocol.dataReceived(data)
         if self._ended is not None:
             self.body_ended(self._ended)
         else:
