@@ -157,9 +157,17 @@ class EscapingTests(SynchronousTestCase):
         self.assertEqual(escaped("a\rb\nc\x1c\x1d\x1e"), "a\\x0db\\x0ac\\x1c\\x1d\\x1e")
 
     def test_printable_kept(self) -> None:
-        """Printable text, Latin-1 letters and NBSP included, is kept as is."""
-        for text in ("/api/proxy/jobs?n=1&q=%2F", "caf\u00e9 \u00a0\u00ff", ""):
+        """Printable ASCII is kept as is."""
+        for text in ("/api/proxy/jobs?n=1&q=%2F", "caf e~!", ""):
             self.assertEqual(escaped(text), text)
+
+    def test_bytes_logged_as_sent(self) -> None:
+        """
+        A target's non-ASCII bytes (read as Latin-1) are logged as the bytes
+        sent, never as UTF-8 mojibake: C{/\\xc3\\xa9} for the two bytes of
+        an unencoded e-acute.
+        """
+        self.assertEqual(escaped("/\u00c3\u00a9 \u00a0"), "/\\xc3\\xa9 \\xa0")
 
     def test_no_line_break_survives(self) -> None:
         """No character that splitlines() breaks on survives escaping."""

@@ -235,6 +235,26 @@ class FidelityTests(LoopbackMixin, TestCase):
         self.assertFalse(seen.hasHeader(b"te"))
 
     @inlineCallbacks
+    def test_forwarding_headers_edge_cases(self) -> Any:
+        """
+        An HTTP/1.0 request goes on with Via 1.0; a Host with a port is a
+        quoted string in Forwarded (":" is not a token character); empty
+        elements the client sent are not kept before the proxy's own.
+        """
+        proxy, upstream, _ = self.setup_proxy()
+        yield self.raw(
+            proxy,
+            b"GET /api/proxy/x HTTP/1.0\r\nHost: front.example:8080\r\nVia: \r\n"
+            b"X-Forwarded-For: ,,\r\nForwarded: \r\n\r\n",
+        )
+        seen = upstream.seen[0].requestHeaders
+        self.assertEqual(seen.getRawHeaders(b"via"), [b"1.0 sora2proxy"])
+        self.assertEqual(seen.getRawHeaders(b"x-forwarded-for"), [b"127.0.0.1"])
+        self.assertEqual(
+            seen.getRawHeaders(b"forwarded"), [b'for=127.0.0.1;host="front.example:8080";proto=http']
+        )
+
+    @inlineCallbacks
     def test_preserve_host(self) -> Any:
         """With --preserve-host the upstream sees the client's Host."""
         proxy, upstream, _ = self.setup_proxy(preserve_host=True)

@@ -59,8 +59,8 @@ def expected_target(method: str, target: str) -> str | None:
     The README's target policy, written apart from the proxy's code: the
     origin-form target the proxy routes, or L{None} when it must refuse.
     """
-    if method == "CONNECT":
-        return None
+    if method == "CONNECT" or "#" in target:
+        return None  # a tunnel; a fragment, which never leaves a client
     if target.lower().startswith(("http://", "https://")):
         parts = urlsplit(target)
         target = (parts.path or "/") + ("?" + parts.query if "?" in target else "")
@@ -70,8 +70,8 @@ def expected_target(method: str, target: str) -> str | None:
         if segment == "" and index < len(segments) - 1:
             return None  # an empty segment
         decoded = _fully_decoded(segment)
-        if "\\" in decoded:
-            return None
+        if "\\" in decoded or "\x00" in decoded:
+            return None  # a backslash; a NUL, where a backend in C stops reading
         for piece in decoded.split("/"):
             if piece.partition(";")[0] in (".", ".."):
                 return None  # a dot segment, parameters or not
@@ -82,7 +82,8 @@ class ModelTests(SynchronousTestCase):
     def test_model_examples(self) -> None:
         """The independent model refuses what the README lists and keeps ordinary targets."""
         for target in ("/api/proxy/../x", "/api/proxy/%252e%252e/x", "/api/proxy/a/..%2fx",
-                       "/api/proxy/..;/x", "/api/proxy/%2e%2e%3b/x", "/api/proxy//x", "/api/proxy/a%5cb"):  # fmt: skip
+                       "/api/proxy/..;/x", "/api/proxy/%2e%2e%3b/x", "/api/proxy//x", "/api/proxy/a%5cb",
+                       "/api/proxy/..%00/x", "/api/proxy/a#b"):  # fmt: skip
             self.assertIsNone(expected_target("GET", target), target)
         self.assertEqual(expected_target("GET", "/api/proxy/a;b/...?q=.."), "/api/proxy/a;b/...?q=..")
         self.assertEqual(expected_target("GET", "http://other:1/api/proxy/x?q"), "/api/proxy/x?q")

@@ -27,6 +27,7 @@ from ..http._headers import (
     REQUEST_ID_KEY,
     SET_BY_CLIENT,
     VIA,
+    VIA_10,
     VIA_H2,
     canonical,
     connection_named,
@@ -47,6 +48,9 @@ _FORWARDED_HOST, _FORWARDED = canonical(b"x-forwarded-host"), canonical(b"forwar
 _VIA, _TRACEPARENT, _TRACESTATE = canonical(b"via"), canonical(TRACEPARENT), canonical(TRACESTATE)
 #: Request fields never copied upstream as the client sent them.
 _NOT_FORWARDED = HOP_BY_HOP | _NOT_COPIED
+
+#: The C{Via} element of each protocol received (RFC 9110 section 7.6.3).
+_VIA_OF = {b"HTTP/2": VIA_H2, b"HTTP/1.0": VIA_10}
 
 #: Methods whose empty body is still sent with C{Content-Length: 0}.
 _BODY_EXPECTED = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -216,7 +220,7 @@ def forwarded_headers(
         if preserve_host:
             fields[HOST_KEY] = [host]
     _append(fields, _FORWARDED, forwarded_element(client_ip, host, proto))
-    _append(fields, _VIA, VIA_H2 if request.clientproto == b"HTTP/2" else VIA)
+    _append(fields, _VIA, _VIA_OF.get(request.clientproto, VIA))
     if trace is not None:  # the client's traceparent replaced; its tracestate kept only with a valid one
         fields[_TRACEPARENT] = [trace.traceparent]
         if not trace.continued:
@@ -226,5 +230,5 @@ def forwarded_headers(
 
 def _append(fields: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None:
     # One more element of a list-valued field, after what the client sent (one line).
-    existing = fields.get(name)
+    existing = [v for v in fields.get(name, ()) if v.strip(b" \t,")]  # empty elements dropped
     fields[name] = [b", ".join([*existing, value])] if existing else [value]

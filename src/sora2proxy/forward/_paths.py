@@ -9,7 +9,9 @@ whatever the upstream decodes.
   its path and query: the named host is ignored, never contacted;
 - C{CONNECT}, authority-form and asterisk-form (C{OPTIONS *}) are refused;
 - bytes outside printable ASCII (controls, NUL, DEL, non-ASCII) are refused:
-  clients percent-encode them;
+  clients percent-encode them; so is a fragment (C{#}: it never leaves the
+  client, RFC 9112 section 3.2) and a percent-encoded NUL (C{%00}) in the
+  path, which a backend in C may read as the path's end;
 - a path segment that is C{.} or C{..} once percent-decoded (any number of
   times: C{%2e}, C{%252e}...), also with path parameters (C{..;x}, C{.;},
   C{..%3b}: Tomcat and Spring drop the parameters and read C{..}), or that
@@ -63,6 +65,8 @@ def check_target(method: bytes, target: bytes) -> bytes | TargetRefused:
         return TargetRefused(
             "The request target holds control, space or non-ASCII bytes; percent-encode them."
         )
+    if b"#" in target:
+        return TargetRefused("The request target holds a fragment ('#'); fragments stay in the client.")
     if not target.startswith(b"/") and target[:8].lower().startswith((b"http://", b"https://")):
         start = target.find(b"/", target.find(b"//") + 2)
         query = target.find(b"?", target.find(b"//") + 2)
@@ -80,6 +84,8 @@ def check_target(method: bytes, target: bytes) -> bytes | TargetRefused:
         if segment == b"" and index < len(segments) - 1:
             return TargetRefused("Empty path segments ('//') are not allowed.")
         decoded = _decoded(segment)
+        if b"\x00" in decoded:
+            return TargetRefused("A percent-encoded NUL (%00) is not allowed in the path.")
         if b"\\" in decoded:
             return TargetRefused("Backslashes are not allowed in the path.")
         pieces = decoded.split(b"/")

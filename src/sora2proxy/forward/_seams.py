@@ -19,10 +19,12 @@ from typing import Any, Protocol
 #: The access log's mark of an Idempotency-Key replay: an answer, not an error.
 REPLAYED = "IDEMPOTENT_REPLAY"
 
-#: What an access-log field never holds as is: C0 controls, DEL, C1 controls
-#: (U+0085 is a line break to C{str.splitlines}), the Unicode line and
-#: paragraph separators, and the backslash (so that an escape is unambiguous).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
+#: What an access-log field never holds as is: anything but printable ASCII
+#: (C0 and C1 controls, DEL, U+0085 and the Unicode line separators, which
+#: C{str.splitlines} breaks on, and a request target's non-ASCII bytes, read
+#: as Latin-1: logged as the bytes sent), and the backslash (so that an
+#: escape is unambiguous).
+_UNSAFE = re.compile("[^\x20-\x7e]|\\\\")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -32,9 +34,9 @@ def _escape(match: re.Match[str]) -> str:
 
 def escaped(text: str) -> str:
     """
-    @return: C{text} with control characters and backslashes written as
-        C{\\xHH} (C{\\uHHHH} for U+2028 and U+2029), as nginx escapes its
-        access log.
+    @return: C{text} with characters outside printable ASCII and
+        backslashes written as C{\\xHH} (C{\\uHHHH} above U+00FF), as nginx
+        escapes its access log.
     """
     if _UNSAFE.search(text) is None:
         return text
@@ -81,8 +83,8 @@ def record_access(
     """
     joined = "".join((method, path, error_type, request_id, upstream, protocol))
     # One check for all six in the common case: every character _UNSAFE
-    # matches but the backslash is one that str.isprintable refuses.
-    if not joined.isprintable() or "\\" in joined:
+    # matches but the backslash is one that isascii and isprintable refuse.
+    if not (joined.isascii() and joined.isprintable()) or "\\" in joined:
         method, path, error_type, request_id, upstream, protocol = map(
             escaped, (method, path, error_type, request_id, upstream, protocol)
         )

@@ -52,6 +52,8 @@ SET_BY_CLIENT: frozenset[bytes] = frozenset({b"host", b"content-length", b"expec
 VIA = b"1.1 sora2proxy"
 #: ... on a request that reached it over HTTP/2 (RFC 9110 section 7.6.3: the protocol received).
 VIA_H2 = b"2 sora2proxy"
+#: ... over HTTP/1.0.
+VIA_10 = b"1.0 sora2proxy"
 
 _REQUEST_ID_SHAPE = re.compile(rb"\A[A-Za-z0-9._:@/+=-]{1,128}\Z")
 
@@ -163,7 +165,8 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
-_FORWARDED_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~:0-9A-Za-z]+")
+#: RFC 9110 tchar: anything else (a port's ":" too, RFC 7239 section 6) is a quoted-string.
+_FORWARDED_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _forwarded_value(value: bytes) -> str:
