@@ -61,6 +61,12 @@ class FidelityUpstream(Resource):
             request.setResponseCode(301)
             request.setHeader(b"location", b"/api/videos/2")
             return b""
+        if path.endswith("/redirect-spelled"):
+            request.setResponseCode(302)
+            scheme, rest = self.base.split("://", 1)
+            request.setHeader(b"location", (scheme.upper() + "://" + rest + "/a").encode())
+            request.setHeader(b"content-location", ("//" + rest + "/b").encode())
+            return b""
         if path.endswith("/redirect-elsewhere"):
             request.setResponseCode(302)
             request.setHeader(b"location", b"https://cdn.example.test/video.mp4")
@@ -273,7 +279,10 @@ class FidelityTests(LoopbackMixin, TestCase):
 
     @inlineCallbacks
     def test_redirects_rewritten(self) -> Any:
-        """A redirect to the upstream's own URL or base path points at the proxy's prefix; others are kept."""
+        """
+        A redirect to the upstream's own URL (its scheme in any case, or
+        scheme-relative) or base path points at the proxy's prefix; others are kept.
+        """
         proxy, _, _ = self.setup_proxy()
         host = proxy.split("/")[2]
         response, _ = yield self.fetch(b"GET", proxy + "/api/proxy/redirect-absolute")
@@ -286,6 +295,11 @@ class FidelityTests(LoopbackMixin, TestCase):
         )
         response, _ = yield self.fetch(b"GET", proxy + "/api/proxy/redirect-path")
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/api/proxy/videos/2"])
+        response, _ = yield self.fetch(b"GET", proxy + "/api/proxy/redirect-spelled")
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [f"http://{host}/api/proxy/a".encode()])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-location"), [f"http://{host}/api/proxy/b".encode()]
+        )
         response, _ = yield self.fetch(b"GET", proxy + "/api/proxy/redirect-elsewhere")
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"https://cdn.example.test/video.mp4"])
 

@@ -139,18 +139,34 @@ def rewrite_location(value: bytes, upstream_base: bytes, public_base: bytes, pre
     Point a C{Location} or C{Content-Location} that names the upstream's own
     base URL at the proxy's public prefix instead (as nginx's
     C{proxy_redirect default} does); also an absolute path under the
-    upstream's base path.  Anything else is kept as sent.
+    upstream's base path.  The scheme and host are compared in any letter
+    case, and a scheme-relative reference (C{//host/...}) takes the
+    upstream's scheme.  Anything else is kept as sent.
 
     @param upstream_base: the upstream's origin and base path (no trailing slash).
     @param public_base: the proxy's origin as the client used it (C{scheme://host}).
     @param prefix: the public prefix (no trailing slash).
     """
-    if _under(value, upstream_base):
-        return public_base + prefix + value[len(upstream_base) :]
+    named = _in_base_case(value, upstream_base)
+    if _under(named, upstream_base):
+        return public_base + prefix + named[len(upstream_base) :]
     if value.startswith(b"/") and not value.startswith(b"//"):
         base_path = b"/" + upstream_base.split(b"/", 3)[3] if upstream_base.count(b"/") >= 3 else b""
         if _under(value, base_path):
             return prefix + value[len(base_path) :] or b"/"
+    return value
+
+
+def _in_base_case(value: bytes, upstream_base: bytes) -> bytes:
+    # value with its scheme and host spelled as in upstream_base when they
+    # are the same in another case (or absent: //host/...); else value.
+    scheme_end = upstream_base.find(b"//")
+    origin_end = upstream_base.find(b"/", scheme_end + 2)
+    origin = upstream_base if origin_end < 0 else upstream_base[:origin_end]
+    if value.startswith(b"//"):
+        value = upstream_base[:scheme_end] + value
+    if value[: len(origin)].lower() == origin.lower():
+        return origin + value[len(origin) :]
     return value
 
 
