@@ -230,5 +230,7 @@ def forwarded_headers(
 
 def _append(fields: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None:
     # One more element of a list-valued field, after what the client sent (one line).
-    existing = [v for v in fields.get(name, ()) if v.strip(b" \t,")]  # empty elements dropped
+    existing = fields.get(name)
+    if existing:
+        existing = [v for v in existing if v.strip(b" \t,")]  # empty elements dropped
     fields[name] = [b", ".join([*existing, value])] if existing else [value]
