@@ -79,7 +79,9 @@ def wants_websocket(request: Request) -> bool:
     @return: whether C{request} asks to be upgraded to a WebSocket.
     """
     upgrades = request.requestHeaders._rawHeaders.get(_UPGRADE)
-    return upgrades is not None and bool(upgrades) and upgrades[-1].strip().lower() == b"websocket"
+    if not upgrades:
+        return False
+    return upgrades[-1].strip().lower() == b"websocket"
 
 
 def handshake_bytes(method: bytes, url: bytes, headers: Headers, preserve_host: bool) -> bytes:
