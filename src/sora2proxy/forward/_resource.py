@@ -26,6 +26,7 @@ from .._errors import (
 from .._identity import IdentityRule
 from ..http._h2_heads import protocol_name
 from ..http._headers import REQUEST_ID_KEY, request_id_from
+from ..http._ids import RandomIds
 from ..http._trace import trace_of
 from ..idempotency._guard import CHECKED_METHODS, Reject, Replay, Ticket, Verdict
 from ..limits._gate import Admission, Refusal
@@ -65,6 +66,7 @@ class ProxyResource:
             optional WebSocket endpoints, Idempotency-Key guard and
             C{--spawn} children (as C{build_proxy} assembles them).
         """
+        self._new_id = RandomIds()
         self.reconfigure(parts)
 
     def reconfigure(self, parts: ProxyParts) -> None:
@@ -99,7 +101,7 @@ class ProxyResource:
         Start forwarding C{request}; the response is written later.
         """
         self.parts.telemetry.request_started()
-        request_id = request_id_from(request.requestHeaders)
+        request_id = request_id_from(request.requestHeaders, self._new_id)
         request.responseHeaders._rawHeaders[REQUEST_ID_KEY] = [request_id.encode("ascii")]
         request.defaultContentType = None
         context = RequestContext(

@@ -95,14 +95,15 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def request_id_from(headers: Headers) -> str:
+def request_id_from(headers: Headers, new_id: Callable[[], str] = new_request_id) -> str:
     """
+    @param new_id: makes a new request id (a C{RandomIds} pool on the hot path).
     @return: the client's C{X-Request-ID} when it is a sane token, else a new one.
     """
     sent = headers._rawHeaders.get(REQUEST_ID_KEY)
     if sent and _REQUEST_ID_SHAPE.match(sent[0]):
         return sent[0].decode("ascii")
-    return new_request_id()
+    return new_id()
 
 
 #: Header fields by lowercase name: the name as sent and the values in order.
