@@ -164,8 +164,7 @@ def body_length(request: Request) -> int:
     content: IO[bytes] | None = getattr(request, "content", None)
     if content is None:
         return 0
-    content.seek(0, 2)
-    length: int = content.tell()
+    length: int = content.seek(0, 2)  # the new position: the end
     content.seek(0)
     return length
 

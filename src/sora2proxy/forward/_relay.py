@@ -13,6 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import _nameEncoder
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -178,6 +179,8 @@ def _under(value: bytes, base: bytes) -> bool:
 
 
 _CONTENT_LENGTH = canonical(b"content-length")
+#: Twisted's cache of the names its encoder has cased (keyed by the name given).
+_CASED = _nameEncoder._canonicalHeaderCache.get
 #: The response fields start_response looks at one by one; the others are copied.
 _LOOKED_AT = HOP_BY_HOP | {b"content-length", b"location", b"content-location"}
 
@@ -205,6 +208,7 @@ def start_response(
     headers = request.responseHeaders
     named, pairs = _fields_of(response)
     raw, encode, code = headers._rawHeaders, canonical, response.code  # values parsed: no CR or LF
+    cased = _CASED  # Twisted's own cache of canonical names: no call for a name seen before
     for lower, (name, values) in pairs:
         if lower in _LOOKED_AT or (named and lower in named):
             if lower in HOP_BY_HOP or (named and lower in named):
@@ -218,7 +222,7 @@ def start_response(
             elif upstream_base:  # Location, Content-Location
                 origin = public or public_base(request)
                 values = [rewrite_location(v, upstream_base, origin, prefix) for v in values]
-        raw[encode(name)] = list(values)
+        raw[cased(lower) or encode(lower)] = list(values)
     length = response.length
     if isinstance(length, int) and response.code not in (204, 304) and request.method != b"HEAD":
         # The client gets the same framing (Content-Length is kept apart from the headers).
