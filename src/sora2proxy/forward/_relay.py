@@ -209,7 +209,7 @@ def start_response(
     named, pairs = _fields_of(response)
     raw, encode, code = headers._rawHeaders, canonical, response.code  # values parsed: no CR or LF
     cased = _CASED  # Twisted's own cache of canonical names: no call for a name seen before
-    for lower, (name, values) in pairs:
+    for lower, (_, values) in pairs:
         if lower in _LOOKED_AT or (named and lower in named):
             if lower in HOP_BY_HOP or (named and lower in named):
                 continue
