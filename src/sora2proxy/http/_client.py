@@ -133,27 +133,20 @@ class UpstreamClient:
     def _head(
         method: bytes, target: bytes, host: bytes, headers: Headers | None, body: IBodyProducer | None
     ) -> bytes:
-        # Pieces joined once: each header line starts with the CRLF that ends
-        # the line before; Headers' own names (Header-Case) read directly.
-        lines = [method, b" ", target, b" HTTP/1.1"]
+        # One join: the request line, then each field line (Headers' own
+        # names, Header-Case, read directly), then the framing.
         raw = {} if headers is None else headers._rawHeaders
-        for name, values in raw.items():
-            if name in _OWN:
-                continue
-            if len(values) == 1:
-                lines += (b"\r\n", name, b": ", values[0])
-            else:
-                for value in values:
-                    lines += (b"\r\n", name, b": ", value)
+        lines = [b"%s %s HTTP/1.1" % (method, target)]
+        lines += [name + b": " + value for name, values in raw.items() if name not in _OWN for value in values]
         if b"Host" not in raw:
-            lines += (b"\r\nHost: ", host)
+            lines.append(b"Host: " + host)
         if body is not None:
             if body.length is UNKNOWN_LENGTH:
-                lines.append(b"\r\nTransfer-Encoding: chunked")
+                lines.append(b"Transfer-Encoding: chunked")
             else:
-                lines.append(b"\r\nContent-Length: %d" % body.length)
-        lines.append(b"\r\n\r\n")
-        return b"".join(lines)
+                lines.append(b"Content-Length: %d" % body.length)
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     def _new_connection(self, key: bytes) -> UpstreamConnection:
         return UpstreamConnection(partial(self._released, key), partial(self._lost, key))
