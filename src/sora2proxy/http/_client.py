@@ -137,7 +137,7 @@ class UpstreamClient:
         # names, Header-Case, read directly), then the framing.
         raw = {} if headers is None else headers._rawHeaders
         lines = [b"%s %s HTTP/1.1" % (method, target)]
-        lines += [name + b": " + value for name, values in raw.items() if name not in _OWN for value in values]
+        lines += [name + b": " + v for name, values in raw.items() if name not in _OWN for v in values]
         if b"Host" not in raw:
             lines.append(b"Host: " + host)
         if body is not None:
