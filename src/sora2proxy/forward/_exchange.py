@@ -78,6 +78,10 @@ class _WatchedTries:
         self._router.failed(failure)
         self._exchange.try_ended()
 
+    def abandoned(self) -> None:
+        self.in_flight = False
+        self._router.abandoned()
+
     def cancelled(self) -> None:
         self._router.cancelled()
 
@@ -102,7 +106,6 @@ class Exchange:
     _router: RequestRouter = field(init=False)
     _tries: _WatchedTries = field(init=False)
     _loop: RetryLoop = field(init=False)
-    _result: Deferred[IResponse] = field(init=False)
     _relay: BodyRelay | None = field(default=None, init=False)
     _status: int = field(default=0, init=False)
     gone: bool = field(default=False, init=False)
@@ -121,15 +124,12 @@ class Exchange:
         self._router = self._route(body, secure)
         self._tries = _WatchedTries(self._router, body, self)
         self._loop = self._retry_loop()
-        self._result = self._loop.run()
+        self._loop.start(self)  # answered() or failed() follows, now or later
         when_gone = getattr(self.context.request, "when_gone", None)  # a ProxyRequest's, without a Deferred
         if when_gone is not None:
             when_gone(lambda: self.client_gone(None))
         else:
             self.context.request.notifyFinish().addErrback(self.client_gone)
-        self._result.addCallbacks(self.answered, self.failed).addErrback(
-            self._respond.internal_error_late, self.context, self._loop
-        )
 
     def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
         request, config = self.context.request, self._parts.config
@@ -181,7 +181,7 @@ class Exchange:
             if keep:
                 self._bound()
         elif ticket is None or not self._tries.body_sent:
-            self._result.cancel()  # nothing the backend could act on yet: the key is released
+            self._loop.cancel()  # nothing the backend could act on yet: the key is released
 
     def try_ended(self) -> None:
         """
@@ -192,8 +192,8 @@ class Exchange:
             self._parts.clock.callLater(0, self._stop_waiting)
 
     def _stop_waiting(self) -> None:
-        if not self._result.called and not self._tries.in_flight:
-            self._result.cancel()
+        if not self._loop.finished and not self._tries.in_flight:
+            self._loop.cancel()
 
     def _bound(self) -> None:
         # The answer is read for the key alone now: within the deadline's time
@@ -265,6 +265,12 @@ class Exchange:
             self._gave_up(gave_up, upstream, loop.budget_exhausted, unknown)
         else:
             self._respond.internal_error(self.context, failure, loop.tries)
+
+    def failed_late(self, failure: Failure) -> None:
+        """
+        L{answered} or L{failed} raised: a bug, answered with a 500 if it can be.
+        """
+        self._respond.internal_error(self.context, failure, self._loop.tries)
 
     def _gave_up(self, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool) -> None:
         message, extra = gave_up_message(gave_up, upstream, budget)
