@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from sora2proxy import ProxyConfig
+from sora2proxy.resilience._budget import RetryBudget
 from sora2proxy.resilience._classify import TryFailure
 from sora2proxy.resilience._retry import RetryLoop, RetryPolicy
 from sora2proxy.resilience._upstreams import RequestRouter, balancer_for
@@ -272,3 +273,14 @@ class ThroughTheProxyTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 500)
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
         self.assertEqual(harness.parts.balancer.upstreams[0].in_flight, 0)
+
+
+class BudgetMemoryTests(SynchronousTestCase):
+    def test_requests_older_than_the_window_are_forgotten(self) -> None:
+        """With no retry asked for, the budget still forgets requests older than its window."""
+        clock = Clock()
+        budget = RetryBudget(clock, window=10.0)
+        for _ in range(30):
+            budget.record_request()
+            clock.advance(1)
+        self.assertEqual(list(budget._requests), [float(t) for t in range(20, 30)])

@@ -117,55 +117,54 @@ class Exchange:
         """
         Send the first try; the answer, or the proxy's error, follows.
         """
-        self._parts.budget.record_request()
-        secure = bool(self.context.request.isSecure())
-        self._public = public_base(self.context.request, secure)  # while the client is there
-        body = body_of(self.context.request, self._parts.cooperator)
+        parts, context = self._parts, self.context
+        request, config = context.request, parts.config
+        parts.budget.record_request()
+        secure = bool(request.isSecure())
+        self._public = public_base(request, secure)  # while the client is there
+        body = body_of(request, parts.cooperator)
         self._router = self._route(body, secure)
         self._tries = _WatchedTries(self._router, body, self)
-        self._loop = self._retry_loop()
-        self._loop.start(self)  # answered() or failed() follows, now or later
-        when_gone = getattr(self.context.request, "when_gone", None)  # a ProxyRequest's, without a Deferred
-        if when_gone is not None:
-            when_gone(lambda: self.client_gone(None))
-        else:
-            self.context.request.notifyFinish().addErrback(self.client_gone)
-
-    def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
-        request, config = self.context.request, self._parts.config
-        headers = forwarded_headers(
-            request,
-            self.context.request_id,
-            secure,
-            config.preserve_host,
-            config.allow_underscore_headers,
-            self.context.trace,
-        )
-        return RequestRouter(
-            self._parts.balancer,
-            self._parts.agent,
-            request.method,
-            self._target.rest + self._target.query,
-            headers,
-            body,
-            self._first,
-            self._parts.telemetry,
-            self._parts.clock,
-        )
-
-    def _retry_loop(self) -> RetryLoop:
-        request, config = self.context.request, self._parts.config
         deadline = config.deadline
-        return RetryLoop(
-            self._parts.clock,
+        self._loop = RetryLoop(
+            parts.clock,
             self._policy,
             self._tries,
             request.method,
             _IDEMPOTENCY_KEY in request.requestHeaders._rawHeaders,
             config.timeout,
-            self.context.started + deadline if deadline else None,
-            self._parts.budget,
-            self._parts.random,
+            context.started + deadline if deadline else None,
+            parts.budget,
+            parts.random,
+        )
+        self._loop.start(self)  # answered() or failed() follows, now or later
+        when_gone = getattr(request, "when_gone", None)  # a ProxyRequest's, without a Deferred
+        if when_gone is not None:
+            when_gone(lambda: self.client_gone(None))
+        else:
+            request.notifyFinish().addErrback(self.client_gone)
+
+    def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
+        parts, context = self._parts, self.context
+        request, config, target = context.request, parts.config, self._target
+        headers = forwarded_headers(
+            request,
+            context.request_id,
+            secure,
+            config.preserve_host,
+            config.allow_underscore_headers,
+            context.trace,
+        )
+        return RequestRouter(
+            parts.balancer,
+            parts.agent,
+            request.method,
+            target.rest + target.query,
+            headers,
+            body,
+            self._first,
+            parts.telemetry,
+            parts.clock,
         )
 
     def client_gone(self, _: object) -> None:
@@ -212,10 +211,10 @@ class Exchange:
         (read for the ticket alone when the client has left).
         """
         context, request, ticket = self.context, self.context.request, self._ticket
-        context.upstream = self._router.current.url
-        base = self._router.current.base
+        upstream = self._router.current
+        context.upstream = upstream.url
         prefix = self._parts.config.prefix_bytes
-        start_response(request, response, context.request_id, base, prefix, self._public)
+        start_response(request, response, context.request_id, upstream.base, prefix, self._public)
         self._status = response.code
         self._head_sent = not self.gone
         if ticket is not None:  # stored as the client gets it: a replay is the same answer

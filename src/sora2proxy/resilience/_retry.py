@@ -316,7 +316,7 @@ class RetryLoop:
 
     def _stop_try_timer(self) -> None:
         timer, self._try_timer = self._try_timer, None
-        if timer is not None:  # never a call that ran: _time_out forgets it
+        if timer is not None:
             timer.cancel()
 
     def _retry_allowed(self, wanted: bool) -> bool:
@@ -328,30 +328,32 @@ class RetryLoop:
         return True
 
     def _answered(self, response: IResponse) -> None:
-        self._stop_try_timer()
+        timer, self._try_timer = self._try_timer, None
+        if timer is not None:  # never a call that ran: _time_out forgets it
+            timer.cancel()
         self._pending = None
         self.maybe_reached = True
         self._router.succeeded(response)
-        code = response.code
-        retry_after = None
-        if code >= 400:  # Retry-After only matters to answers that may be retried
-            retry_after = parse_retry_after(
-                response.headers.getRawHeaders(b"retry-after"), self._clock.seconds()
-            )
+        # The policy passes on every answer under 400 (most): no decision to ask for.
+        if response.code < 400 or not self._retrying(response):
+            self._finish(response)
+
+    def _retrying(self, response: IResponse) -> bool:
+        retry_after = parse_retry_after(response.headers.getRawHeaders(b"retry-after"), self._clock.seconds())
         decision = self._policy.after_response(
             self._method,
             self._has_idempotency_key,
-            code,
+            response.code,
             retry_after,
             self.tries,
             self._time_left(),
             self._random(),
         )
         if decision is PASS_ON or not self._retry_allowed(decision.retry):
-            self._finish(response)
-            return
+            return False
         response.deliverBody(_Discard())
         self._wait = self._clock.callLater(decision.delay, self._start_try)
+        return True
 
     def _failed(self, failure: Failure) -> None:
         self._stop_try_timer()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import Factory, define, field
+from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
@@ -207,11 +207,10 @@ class RequestRouter:
     _rest: bytes
     _headers: Headers
     _body: IBodyProducer | None
-    first: Upstream
+    current: Upstream = field(alias="first")  # the first try's until it is sent
     _telemetry: TryObserver | None = None
     _clock: IReactorTime | None = None
     tried: list[Upstream] = field(factory=list, init=False)
-    current: Upstream = field(default=Factory(lambda self: self.first, takes_self=True), init=False)
     _sent_at: float = field(default=0.0, init=False)
     _flying: bool = field(default=False, init=False)
 
@@ -220,14 +219,12 @@ class RequestRouter:
         Send the next try.
         """
         tried = self.tried
+        upstream = self.current
         if tried:
-            upstream = self._balancer.choose_for_retry(tried)
+            upstream = self.current = self._balancer.choose_for_retry(tried)
             if self._telemetry is not None:
                 self._telemetry.retried(upstream.url)
-        else:
-            upstream = self.first
         tried.append(upstream)
-        self.current = upstream
         if self._clock is not None:
             self._sent_at = self._clock.seconds()
         upstream.ejection.start_probe()
@@ -246,7 +243,10 @@ class RequestRouter:
         """
         The latest try got C{response}.
         """
-        upstream = self._release()
+        upstream = self.current
+        if self._flying:  # as _release() does, without the call (once per request)
+            self._flying = False
+            upstream.in_flight -= 1
         code = response.code
         self._record(upstream, "5xx" if code >= 500 else "ok")
         if upstream.health is not None:
