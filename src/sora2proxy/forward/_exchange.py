@@ -103,15 +103,16 @@ class Exchange:
     _target: Target
     _first: Upstream
     _ticket: Ticket | None = None
+    # Set by start() or answered() before they are read (no default to store):
     _router: RequestRouter = field(init=False)
     _tries: _WatchedTries = field(init=False)
     _loop: RetryLoop = field(init=False)
+    _public: bytes = field(init=False)
+    _status: int = field(init=False)
+    _head_sent: bool = field(init=False)
     _relay: BodyRelay | None = field(default=None, init=False)
-    _status: int = field(default=0, init=False)
     gone: bool = field(default=False, init=False)
-    _head_sent: bool = field(default=False, init=False)
     _limit: IDelayedCall | None = field(default=None, init=False)
-    _public: bytes = field(default=b"", init=False)
 
     def start(self) -> None:
         """

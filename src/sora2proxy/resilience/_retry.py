@@ -247,11 +247,11 @@ class RetryLoop:
     maybe_reached: bool = False
     #: The loop has ended (its outcome told), or was cancelled.
     finished: bool = field(default=False, init=False)
-    _outcome: LoopOutcome | None = field(default=None, init=False)
     _pending: Deferred[None] | None = field(default=None, init=False)
     _wait: IDelayedCall | None = field(default=None, init=False)
-    _try_timer: IDelayedCall | None = field(default=None, init=False)
-    _timed_out: float | None = field(default=None, init=False)
+    _outcome: LoopOutcome = field(init=False)  # these three: set before read (no default to store)
+    _try_timer: IDelayedCall | None = field(init=False)
+    _timed_out: float | None = field(init=False)
 
     def run(self) -> Deferred[IResponse]:
         """
@@ -390,7 +390,6 @@ class RetryLoop:
 
     def _tell(self, result: IResponse | Failure) -> None:
         outcome = self._outcome
-        assert outcome is not None
         try:
             if isinstance(result, Failure):
                 outcome.failed(result)
