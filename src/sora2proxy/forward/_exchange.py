@@ -78,6 +78,10 @@ class _WatchedTries:
         self._router.failed(failure)
         self._exchange.try_ended()
 
+    def abandoned(self) -> None:
+        self.in_flight = False
+        self._router.abandoned()
+
     def cancelled(self) -> None:
         self._router.cancelled()
 
@@ -99,73 +103,69 @@ class Exchange:
     _target: Target
     _first: Upstream
     _ticket: Ticket | None = None
+    # Set by start() or answered() before they are read (no default to store):
     _router: RequestRouter = field(init=False)
     _tries: _WatchedTries = field(init=False)
     _loop: RetryLoop = field(init=False)
-    _result: Deferred[IResponse] = field(init=False)
+    _public: bytes = field(init=False)
+    _status: int = field(init=False)
+    _head_sent: bool = field(init=False)
     _relay: BodyRelay | None = field(default=None, init=False)
-    _status: int = field(default=0, init=False)
     gone: bool = field(default=False, init=False)
-    _head_sent: bool = field(default=False, init=False)
     _limit: IDelayedCall | None = field(default=None, init=False)
-    _public: bytes = field(default=b"", init=False)
 
     def start(self) -> None:
         """
         Send the first try; the answer, or the proxy's error, follows.
         """
-        self._parts.budget.record_request()
-        secure = bool(self.context.request.isSecure())
-        self._public = public_base(self.context.request, secure)  # while the client is there
-        body = body_of(self.context.request, self._parts.cooperator)
+        parts, context = self._parts, self.context
+        request, config = context.request, parts.config
+        parts.budget.record_request()
+        secure = bool(request.isSecure())
+        self._public = public_base(request, secure)  # while the client is there
+        body = body_of(request, parts.cooperator)
         self._router = self._route(body, secure)
         self._tries = _WatchedTries(self._router, body, self)
-        self._loop = self._retry_loop()
-        self._result = self._loop.run()
-        when_gone = getattr(self.context.request, "when_gone", None)  # a ProxyRequest's, without a Deferred
-        if when_gone is not None:
-            when_gone(lambda: self.client_gone(None))
-        else:
-            self.context.request.notifyFinish().addErrback(self.client_gone)
-        self._result.addCallbacks(self.answered, self.failed).addErrback(
-            self._respond.internal_error_late, self.context, self._loop
-        )
-
-    def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
-        request, config = self.context.request, self._parts.config
-        headers = forwarded_headers(
-            request,
-            self.context.request_id,
-            secure,
-            config.preserve_host,
-            config.allow_underscore_headers,
-            self.context.trace,
-        )
-        return RequestRouter(
-            self._parts.balancer,
-            self._parts.agent,
-            request.method,
-            self._target.rest + self._target.query,
-            headers,
-            body,
-            self._first,
-            self._parts.telemetry,
-            self._parts.clock,
-        )
-
-    def _retry_loop(self) -> RetryLoop:
-        request, config = self.context.request, self._parts.config
         deadline = config.deadline
-        return RetryLoop(
-            self._parts.clock,
+        self._loop = RetryLoop(
+            parts.clock,
             self._policy,
             self._tries,
             request.method,
             _IDEMPOTENCY_KEY in request.requestHeaders._rawHeaders,
             config.timeout,
-            self.context.started + deadline if deadline else None,
-            self._parts.budget,
-            self._parts.random,
+            context.started + deadline if deadline else None,
+            parts.budget,
+            parts.random,
+        )
+        self._loop.start(self)  # answered() or failed() follows, now or later
+        when_gone = getattr(request, "when_gone", None)  # a ProxyRequest's, without a Deferred
+        if when_gone is not None:
+            when_gone(lambda: self.client_gone(None))
+        else:
+            request.notifyFinish().addErrback(self.client_gone)
+
+    def _route(self, body: ReplayableBody | None, secure: bool) -> RequestRouter:
+        parts, context = self._parts, self.context
+        request, config, target = context.request, parts.config, self._target
+        headers = forwarded_headers(
+            request,
+            context.request_id,
+            secure,
+            config.preserve_host,
+            config.allow_underscore_headers,
+            context.trace,
+        )
+        return RequestRouter(
+            parts.balancer,
+            parts.agent,
+            request.method,
+            target.rest + target.query,
+            headers,
+            body,
+            self._first,
+            parts.telemetry,
+            parts.clock,
         )
 
     def client_gone(self, _: object) -> None:
@@ -181,7 +181,7 @@ class Exchange:
             if keep:
                 self._bound()
         elif ticket is None or not self._tries.body_sent:
-            self._result.cancel()  # nothing the backend could act on yet: the key is released
+            self._loop.cancel()  # nothing the backend could act on yet: the key is released
 
     def try_ended(self) -> None:
         """
@@ -192,8 +192,8 @@ class Exchange:
             self._parts.clock.callLater(0, self._stop_waiting)
 
     def _stop_waiting(self) -> None:
-        if not self._result.called and not self._tries.in_flight:
-            self._result.cancel()
+        if not self._loop.finished and not self._tries.in_flight:
+            self._loop.cancel()
 
     def _bound(self) -> None:
         # The answer is read for the key alone now: within the deadline's time
@@ -212,10 +212,10 @@ class Exchange:
         (read for the ticket alone when the client has left).
         """
         context, request, ticket = self.context, self.context.request, self._ticket
-        context.upstream = self._router.current.url
-        base = self._router.current.base
+        upstream = self._router.current
+        context.upstream = upstream.url
         prefix = self._parts.config.prefix_bytes
-        start_response(request, response, context.request_id, base, prefix, self._public)
+        start_response(request, response, context.request_id, upstream.base, prefix, self._public)
         self._status = response.code
         self._head_sent = not self.gone
         if ticket is not None:  # stored as the client gets it: a replay is the same answer
@@ -265,6 +265,12 @@ class Exchange:
             self._gave_up(gave_up, upstream, loop.budget_exhausted, unknown)
         else:
             self._respond.internal_error(self.context, failure, loop.tries)
+
+    def failed_late(self, failure: Failure) -> None:
+        """
+        L{answered} or L{failed} raised: a bug, answered with a 500 if it can be.
+        """
+        self._respond.internal_error(self.context, failure, self._loop.tries)
 
     def _gave_up(self, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool) -> None:
         message, extra = gave_up_message(gave_up, upstream, budget)

@@ -1,10 +1,12 @@
 """
 Classify the failure of one upstream try: which error it is, and whether the
 request may have reached the upstream (which decides whether it may be sent
-again).
+again); and read an upstream answer's C{Retry-After}.
 """
 
 from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
 
 from attrs import frozen
 from twisted.internet import error
@@ -123,3 +125,22 @@ def classify(failure: Failure) -> TryFailure | None:
     if isinstance(exc, error.ConnectionLost | error.ConnectionDone):
         return TryFailure(UPSTREAM_ERROR, True, _describe([exc]))
     return None
+
+
+def parse_retry_after(values: list[bytes] | None, now: float) -> float | None:
+    """
+    @return: the seconds an upstream C{Retry-After} asks for (delay-seconds or
+        an HTTP date), or L{None} when absent or unreadable.
+    """
+    if not values:
+        return None
+    text = values[0].decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)

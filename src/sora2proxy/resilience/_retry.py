@@ -6,18 +6,17 @@ and sends (the only place that schedules a retry).
 from __future__ import annotations
 
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from ._budget import RetryBudget
-from ._classify import TryFailure, TryTimedOut, classify
+from ._classify import TryFailure, TryTimedOut, classify, parse_retry_after
 
 #: RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -117,7 +116,7 @@ class RetryPolicy:
         a C{Retry-After} longer than C{max_retry_after}, is passed through.
         """
         if status not in RETRIED_STATUSES and not (status == 429 and retry_after is not None):
-            return RetryDecision(False, 0.0, False)
+            return PASS_ON
         retryable = self.may_resend(method, has_idempotency_key, True)
         if status in (429, 503) and retry_after is not None:
             if retry_after > self.max_retry_after:
@@ -137,23 +136,8 @@ class RetryPolicy:
         return RetryDecision(True, delay, retryable)
 
 
-def parse_retry_after(values: list[bytes] | None, now: float) -> float | None:
-    """
-    @return: the seconds an upstream C{Retry-After} asks for (delay-seconds or
-        an HTTP date), or L{None} when absent or unreadable.
-    """
-    if not values:
-        return None
-    text = values[0].decode("latin-1").strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
+#: The decision for an answer that is passed on (most of them): no retry.
+PASS_ON = RetryDecision(False, 0.0, False)
 
 
 class TryRouter(Protocol):
@@ -170,8 +154,41 @@ class TryRouter(Protocol):
     def failed(self, failure: TryFailure) -> None:
         """The latest try failed."""
 
+    def abandoned(self) -> None:
+        """The latest try ended with no outcome to record (a bug)."""
+
     def cancelled(self) -> None:
         """The request was abandoned."""
+
+
+class LoopOutcome(Protocol):
+    """
+    Hears how a L{RetryLoop} ended, once (see L{RetryLoop.start}).
+    """
+
+    def answered(self, response: IResponse) -> None:
+        """A try got the answer to pass on."""
+
+    def failed(self, failure: Failure) -> None:
+        """No answer: L{GaveUp}, L{CancelledError}, or a bug."""
+
+    def failed_late(self, failure: Failure) -> None:
+        """L{answered} or L{failed} raised C{failure} (a bug): reported, not lost."""
+
+
+@define
+class _ToDeferred:
+    """A loop's outcome fired into the Deferred that L{RetryLoop.run} returns."""
+
+    result: Deferred[IResponse]
+
+    def answered(self, response: IResponse) -> None:
+        self.result.callback(response)
+
+    def failed(self, failure: Failure) -> None:
+        self.result.errback(failure)
+
+    failed_late = failed  # never called: a Deferred catches its callbacks' errors
 
 
 class GaveUp(Exception):
@@ -212,7 +229,8 @@ class RetryLoop:
     """
     Sends one request's tries, one at a time, until one gets an answer to
     pass on or the policy gives up.  L{run}'s Deferred is cancellable: that
-    cancels the try in flight or the wait before the next.
+    cancels the try in flight or the wait before the next (as L{cancel}
+    does for L{start}).
     """
 
     _clock: IReactorTime
@@ -227,12 +245,13 @@ class RetryLoop:
     tries: int = 0
     budget_exhausted: bool = False
     maybe_reached: bool = False
+    #: The loop has ended (its outcome told), or was cancelled.
+    finished: bool = field(default=False, init=False)
     _pending: Deferred[None] | None = field(default=None, init=False)
     _wait: IDelayedCall | None = field(default=None, init=False)
-    _try_timer: IDelayedCall | None = field(default=None, init=False)
-    _timed_out: float | None = field(default=None, init=False)
-    _result: Deferred[IResponse] | None = field(default=None, init=False)
-    _cancelled: bool = field(default=False, init=False)
+    _outcome: LoopOutcome = field(init=False)  # these three: set before read (no default to store)
+    _try_timer: IDelayedCall | None = field(init=False)
+    _timed_out: float | None = field(init=False)
 
     def run(self) -> Deferred[IResponse]:
         """
@@ -241,30 +260,43 @@ class RetryLoop:
         @return: fires with the response to pass on, or fails with L{GaveUp},
             or with the failure of a bug (not a network failure).
         """
-        self._result = Deferred(self._cancel)
-        self._start_try()
-        return self._result
+        result: Deferred[IResponse] = Deferred(lambda _: self.cancel())
+        self.start(_ToDeferred(result))
+        return result
 
-    def _cancel(self, _: Deferred[IResponse]) -> None:
-        self._cancelled = True
+    def start(self, outcome: LoopOutcome) -> None:
+        """
+        Start the first try; C{outcome} hears how the loop ends, as L{run}'s
+        Deferred would (without a Deferred's cost).
+        """
+        self._outcome = outcome
+        self._start_try()
+
+    def cancel(self) -> None:
+        """
+        Give up (the client left): the try in flight or the wait is
+        cancelled, and the outcome fails with L{CancelledError}; nothing
+        once the loop has ended.
+        """
+        if self.finished:
+            return
+        self.finished = True
         self._router.cancelled()
         if self._wait is not None and self._wait.active():
             self._wait.cancel()
         if self._pending is not None:
             self._pending.cancel()
+        self._tell(Failure(CancelledError()))
 
     def _time_left(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return self._deadline - self._clock.seconds()
+        return None if self._deadline is None else self._deadline - self._clock.seconds()
 
     def _start_try(self) -> None:
         self._wait = None
         self.tries += 1
         timeout = self._timeout
-        left = self._time_left()
-        if left is not None:
-            timeout = max(0.0, min(timeout, left))
+        if self._deadline is not None:
+            timeout = max(0.0, min(timeout, self._deadline - self._clock.seconds()))
         try:
             sent = self._router.send()
         except Exception:
@@ -284,7 +316,7 @@ class RetryLoop:
 
     def _stop_try_timer(self) -> None:
         timer, self._try_timer = self._try_timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
 
     def _retry_allowed(self, wanted: bool) -> bool:
@@ -296,15 +328,18 @@ class RetryLoop:
         return True
 
     def _answered(self, response: IResponse) -> None:
-        self._stop_try_timer()
+        timer, self._try_timer = self._try_timer, None
+        if timer is not None:  # never a call that ran: _time_out forgets it
+            timer.cancel()
         self._pending = None
         self.maybe_reached = True
         self._router.succeeded(response)
-        retry_after = None
-        if response.code >= 400:  # Retry-After only matters to answers that may be retried
-            retry_after = parse_retry_after(
-                response.headers.getRawHeaders(b"retry-after"), self._clock.seconds()
-            )
+        # The policy passes on every answer under 400 (most): no decision to ask for.
+        if response.code < 400 or not self._retrying(response):
+            self._finish(response)
+
+    def _retrying(self, response: IResponse) -> bool:
+        retry_after = parse_retry_after(response.headers.getRawHeaders(b"retry-after"), self._clock.seconds())
         decision = self._policy.after_response(
             self._method,
             self._has_idempotency_key,
@@ -314,21 +349,22 @@ class RetryLoop:
             self._time_left(),
             self._random(),
         )
-        if not self._retry_allowed(decision.retry):
-            self._finish(response)
-            return
+        if decision is PASS_ON or not self._retry_allowed(decision.retry):
+            return False
         response.deliverBody(_Discard())
         self._wait = self._clock.callLater(decision.delay, self._start_try)
+        return True
 
     def _failed(self, failure: Failure) -> None:
         self._stop_try_timer()
         self._pending = None
-        if self._cancelled:
+        if self.finished:  # cancelled: the router knows
             return
         if self._timed_out is not None:
             failure = Failure(TryTimedOut(failure, self._timed_out))
         try_failure = classify(failure)
         if try_failure is None:
+            self._router.abandoned()
             self._finish(failure)
             return
         self._router.failed(try_failure)
@@ -347,10 +383,17 @@ class RetryLoop:
         self._wait = self._clock.callLater(decision.delay, self._start_try)
 
     def _finish(self, result: IResponse | Failure) -> None:
-        assert self._result is not None
-        if self._cancelled or self._result.called:
+        if self.finished:
             return
-        if isinstance(result, Failure):
-            self._result.errback(result)
-        else:
-            self._result.callback(result)
+        self.finished = True
+        self._tell(result)
+
+    def _tell(self, result: IResponse | Failure) -> None:
+        outcome = self._outcome
+        try:
+            if isinstance(result, Failure):
+                outcome.failed(result)
+            else:
+                outcome.answered(result)
+        except Exception:
+            outcome.failed_late(Failure())

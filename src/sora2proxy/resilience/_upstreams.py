@@ -193,6 +193,12 @@ class RequestRouter:
     Sends one request's tries, each to an upstream the balancer picks (a
     retry to another upstream where one is available), and reports each
     try's outcome to that upstream's health and ejection state.
+
+    A try counts in its upstream's C{in_flight} from L{send} until its
+    outcome is told: L{succeeded}, L{failed}, L{abandoned}, or L{cancelled}
+    while it is under way.
+
+    @ivar current: the upstream of the latest try (the first one before any try).
     """
 
     _balancer: Balancer
@@ -201,50 +207,51 @@ class RequestRouter:
     _rest: bytes
     _headers: Headers
     _body: IBodyProducer | None
-    first: Upstream
+    current: Upstream = field(alias="first")  # the first try's until it is sent
     _telemetry: TryObserver | None = None
     _clock: IReactorTime | None = None
     tried: list[Upstream] = field(factory=list, init=False)
     _sent_at: float = field(default=0.0, init=False)
-
-    @property
-    def current(self) -> Upstream:
-        """
-        The upstream of the latest try (the first one before any try).
-        """
-        return self.tried[-1] if self.tried else self.first
+    _flying: bool = field(default=False, init=False)
 
     def send(self) -> Deferred[IResponse]:
         """
         Send the next try.
         """
-        upstream = self.first if not self.tried else self._balancer.choose_for_retry(self.tried)
-        if self.tried and self._telemetry is not None:
-            self._telemetry.retried(upstream.url)
-        self.tried.append(upstream)
+        tried = self.tried
+        upstream = self.current
+        if tried:
+            upstream = self.current = self._balancer.choose_for_retry(tried)
+            if self._telemetry is not None:
+                self._telemetry.retried(upstream.url)
+        tried.append(upstream)
         if self._clock is not None:
             self._sent_at = self._clock.seconds()
         upstream.ejection.start_probe()
         upstream.in_flight += 1
-        sent: Deferred[IResponse] = self._agent.request(
-            self._method, upstream.base + self._rest, self._headers, self._body
-        )
+        self._flying = True
+        return self._agent.request(self._method, upstream.base + self._rest, self._headers, self._body)
 
-        def release(result: object) -> object:
+    def _release(self) -> Upstream:
+        upstream = self.current
+        if self._flying:
+            self._flying = False
             upstream.in_flight -= 1
-            return result
-
-        return sent.addBoth(release)
+        return upstream
 
     def succeeded(self, response: IResponse) -> None:
         """
         The latest try got C{response}.
         """
         upstream = self.current
-        self._record(upstream, "5xx" if response.code >= 500 else "ok")
+        if self._flying:  # as _release() does, without the call (once per request)
+            self._flying = False
+            upstream.in_flight -= 1
+        code = response.code
+        self._record(upstream, "5xx" if code >= 500 else "ok")
         if upstream.health is not None:
             upstream.health.try_succeeded()
-        if response.code in GATEWAY_FAILURES:
+        if code in GATEWAY_FAILURES:
             upstream.ejection.failed()
         else:
             upstream.ejection.succeeded()  # a 500 is the application's answer, not the host's state
@@ -254,11 +261,17 @@ class RequestRouter:
         The latest try failed (refused, reset, timed out, invalid response):
         a gateway failure.
         """
-        upstream = self.current
+        upstream = self._release()
         self._record(upstream, failure.kind.error_type)
         if upstream.health is not None:
             upstream.health.try_failed(failure)
         upstream.ejection.failed()
+
+    def abandoned(self) -> None:
+        """
+        The latest try ended with no outcome to record (a bug, not the upstream's doing).
+        """
+        self._release()
 
     def _record(self, upstream: Upstream, outcome: str) -> None:
         if self._telemetry is not None and self._clock is not None:
@@ -267,6 +280,7 @@ class RequestRouter:
 
     def cancelled(self) -> None:
         """
-        The client went away: an ejected upstream's probe is given back.
+        The client went away: the try under way, if any, is given up, and
+        an ejected upstream's probe is given back.
         """
-        self.current.ejection.probing = False
+        self._release().ejection.probing = False
