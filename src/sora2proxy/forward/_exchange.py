@@ -105,8 +105,8 @@ class Exchange:
     _ticket: Ticket | None = None
     # Set by start() or answered() before they are read (no default to store):
     _router: RequestRouter = field(init=False)
-    _tries: _WatchedTries = field(init=False)
-    _loop: RetryLoop = field(init=False)
+    _tries: _WatchedTries | None = field(init=False)  # None once the exchange is over (_let_go)
+    _loop: RetryLoop | None = field(init=False)
     _public: bytes = field(init=False)
     _status: int = field(init=False)
     _head_sent: bool = field(init=False)
@@ -125,12 +125,12 @@ class Exchange:
         self._public = public_base(request, secure)  # while the client is there
         body = body_of(request, parts.cooperator)
         self._router = self._route(body, secure)
-        self._tries = _WatchedTries(self._router, body, self)
+        tries = self._tries = _WatchedTries(self._router, body, self)
         deadline = config.deadline
-        self._loop = RetryLoop(
+        loop = self._loop = RetryLoop(
             parts.clock,
             self._policy,
-            self._tries,
+            tries,
             request.method,
             _IDEMPOTENCY_KEY in request.requestHeaders._rawHeaders,
             config.timeout,
@@ -138,7 +138,7 @@ class Exchange:
             parts.budget,
             parts.random,
         )
-        self._loop.start(self)  # answered() or failed() follows, now or later
+        loop.start(self)  # answered() or failed() follows, now or later
         when_gone = getattr(request, "when_gone", None)  # a ProxyRequest's, without a Deferred
         if when_gone is not None:
             when_gone(lambda: self.client_gone(None))
@@ -174,14 +174,16 @@ class Exchange:
         but a request whose key's answer is under way carries on without it.
         """
         self.gone = True
-        relay, ticket = self._relay, self._ticket
+        relay, ticket, loop, tries = self._relay, self._ticket, self._loop, self._tries
+        if loop is None or tries is None:
+            return  # the exchange is over: nothing left to stop
         if relay is not None:
             keep = ticket is not None and ticket.storing
             relay.client_gone(keep_reading=keep)
             if keep:
                 self._bound()
-        elif ticket is None or not self._tries.body_sent:
-            self._loop.cancel()  # nothing the backend could act on yet: the key is released
+        elif ticket is None or not tries.body_sent:
+            loop.cancel()  # nothing the backend could act on yet: the key is released
 
     def try_ended(self) -> None:
         """
@@ -192,8 +194,9 @@ class Exchange:
             self._parts.clock.callLater(0, self._stop_waiting)
 
     def _stop_waiting(self) -> None:
-        if not self._loop.finished and not self._tries.in_flight:
-            self._loop.cancel()
+        loop, tries = self._loop, self._tries
+        if loop is not None and tries is not None and not loop.finished and not tries.in_flight:
+            loop.cancel()
 
     def _bound(self) -> None:
         # The answer is read for the key alone now: within the deadline's time
@@ -244,33 +247,42 @@ class Exchange:
         status, error_type = self._status, "" if outcome is None else "UPSTREAM_ABORTED"
         if self.gone:  # the client's leaving, never the upstream's failure (nginx: 499 before the head)
             status, error_type = (status if self._head_sent else 499), CLIENT_GONE
-        upstream = self.context.upstream
-        self._respond.log_access(self.context, status, self._loop.tries, error_type, upstream)
+        tries = 0 if self._loop is None else self._loop.tries
+        self._respond.log_access(self.context, status, tries, error_type, self.context.upstream)
+        self._let_go()
 
     def failed(self, failure: Failure) -> None:
         """
         No answer to pass on: the client left, the loop gave up, or a bug.
         """
-        loop, upstream = self._loop, self._router.current.url
+        loop, tries, upstream = self._loop, self._tries, self._router.current.url
+        assert loop is not None and tries is not None  # the loop tells its end once
         if self._ticket is not None:
             self._ticket.release()
-        if failure.check(CancelledError):
-            self._respond.log_access(self.context, 499, self._tries.sent, CLIENT_GONE, upstream)
-            return
         gave_up = failure.value
-        if isinstance(gave_up, GaveUp):
+        if failure.check(CancelledError):
+            self._respond.log_access(self.context, 499, tries.sent, CLIENT_GONE, upstream)
+        elif isinstance(gave_up, GaveUp):
             # Unknown: it may have reached the backend, and was not sent again
             # for that reason (or, with a key, the key is released).
             unknown = loop.maybe_reached and (self._ticket is not None or not gave_up.retryable)
             self._gave_up(gave_up, upstream, loop.budget_exhausted, unknown)
         else:
             self._respond.internal_error(self.context, failure, loop.tries)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        # The request is over.  What its loop, tries, relay and request held
+        # points back at this exchange; dropped now, the whole request is
+        # freed by reference counting at once instead of by a later pass of
+        # the garbage collector (tests/test_no_cycles.py).
+        self._loop = self._tries = self._relay = None
 
     def failed_late(self, failure: Failure) -> None:
         """
         L{answered} or L{failed} raised: a bug, answered with a 500 if it can be.
         """
-        self._respond.internal_error(self.context, failure, self._loop.tries)
+        self._respond.internal_error(self.context, failure, 0 if self._loop is None else self._loop.tries)
 
     def _gave_up(self, gave_up: GaveUp, upstream: str, budget: bool, unknown: bool) -> None:
         message, extra = gave_up_message(gave_up, upstream, budget)
