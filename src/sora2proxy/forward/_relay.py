@@ -117,18 +117,34 @@ class BodyRelay(Protocol):
         # The client's connection is closing: L{client_gone} follows and decides.
         pass
 
+    def ended_whole(self) -> None:
+        """
+        The body ended whole: L{connectionLost} with L{ResponseDone}, for
+        which an L{UpstreamResponse} makes no L{Failure}.
+        """
+        if self._client_gone:
+            self.connectionLost(Failure(ResponseDone()))
+            return
+        self._producing = None
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._registered:
+            self._request.unregisterProducer()
+        self._request.finish()
+        self._done(None)
+
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._producing = None
         complete = isinstance(reason.value, ResponseDone | PotentialDataLoss)
         if self._client_gone:
             self._done(None if complete and self._keep_reading else reason)
             return
+        if complete:
+            self._finish()
+            return
         if self._registered:
             self._request.unregisterProducer()
-        if complete:
-            self._request.finish()
-            self._done(None)
-            return
         # The upstream died mid-body: the client must see a cut transfer,
         # never a complete-looking one.
         abort_client(self._request)

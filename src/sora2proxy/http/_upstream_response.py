@@ -11,6 +11,7 @@ import typing
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -65,6 +66,7 @@ class UpstreamResponse:
         self._protocol: Protocol | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
+        self._whole = False  # the body ended whole before a protocol was given
         self._transport = BodyTransport(connection)
 
     @property
@@ -86,7 +88,7 @@ class UpstreamResponse:
             self._early = []
             for data in early:
                 protocol.dataReceived(data)
-        if self._ended is not None:
+        if self._ended is not None or self._whole:
             self.body_ended(self._ended)
         else:
             self._transport.resumeProducing()
@@ -99,13 +101,25 @@ class UpstreamResponse:
         else:
             self._protocol.dataReceived(data)
 
-    def body_ended(self, reason: Failure) -> None:
+    def body_ended(self, reason: Failure | None) -> None:
+        """
+        The body ended: whole (C{reason} L{None}), or cut short.  A protocol
+        with an C{ended_whole()} method is told that instead of
+        C{connectionLost(Failure(ResponseDone()))}, so that a body read whole
+        (every answer, nearly) makes no exception and no L{Failure}.
+        """
         self._transport.detach()
         if self._protocol is None:
-            self._ended = reason
-        else:
-            protocol, self._protocol = self._protocol, Protocol()  # ends once
-            protocol.connectionLost(reason)
+            self._ended, self._whole = reason, reason is None
+            return
+        protocol, self._protocol = self._protocol, Protocol()  # ends once
+        if reason is None:
+            ended_whole = getattr(protocol, "ended_whole", None)
+            if ended_whole is not None:
+                ended_whole()
+                return
+            reason = Failure(ResponseDone())
+        protocol.connectionLost(reason)
 
 
 @implementer(IPushProducer)

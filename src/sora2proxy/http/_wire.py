@@ -29,7 +29,6 @@ from twisted.web._newclient import (
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 
@@ -213,7 +212,7 @@ class UpstreamConnection(Protocol):
         else:
             self.close()
         if response is not None:
-            response.body_ended(Failure(ResponseDone()))
+            response.body_ended(None)  # whole
 
     def _broken(self, failure: Failure) -> None:
         self._detach()
