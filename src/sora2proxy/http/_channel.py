@@ -21,6 +21,7 @@ C{Connection: close} is honoured anywhere in the field's token list.
 
 from __future__ import annotations
 
+from itertools import chain, repeat
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -79,6 +80,7 @@ class ProxyChannel(HTTPChannel):
         self._host: Any = None
         self._peer: Any = None
         self._request_line: tuple[bytes, bytes] | None = None
+        self._secure: bool | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()  # type: ignore[no-untyped-call]
@@ -259,6 +261,17 @@ class ProxyChannel(HTTPChannel):
             self._peer = super().getPeer()  # type: ignore[no-untyped-call]
         return self._peer
 
+    def isSecure(self) -> bool:
+        # Asked several times a request; HTTPChannel adapts the transport to
+        # ISSLTransport through zope every time, and the answer cannot
+        # change for a connection.
+        secure = self._secure
+        if secure is None:
+            secure = super().isSecure()  # type: ignore[no-untyped-call]
+            if self.transport is not None:
+                self._secure = secure
+        return bool(secure)
+
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         # RFC 9110 section 7.6.1: Connection is a list of tokens, in any case,
         # over any number of fields (Twisted splits the first on spaces only).
@@ -343,13 +356,13 @@ class ProxyChannel(HTTPChannel):
     # Writing the response: its head is held until the first body bytes (or
     # the request's end), and both go to the socket at once (send_now).
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        head = [version, b" ", code, b" ", reason]
-        for name, values in headers._rawHeaders.items():  # getAllRawHeaders, without its generator
-            for value in values:
-                head += (b"\r\n", name, b": ", value)
-        head.append(b"\r\n\r\n")
+        # What HTTPChannel.writeHeaders writes, its loops run in C: each
+        # value of each field is one (name, value) pair of its own line.
+        raw = headers._rawHeaders
+        fields = chain.from_iterable(map(zip, map(repeat, raw), raw.values()))
+        lines = chain((b" ".join((version, code, reason)),), map(b": ".join, fields))
         self._flush_held()
-        self._held = b"".join(head)
+        self._held = b"\r\n".join(lines) + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
         held, self._held = self._held, b""
