@@ -16,9 +16,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from sora2proxy.http._channel import ProxyChannel
+from sora2proxy.http._site import ProxyRequest
 
 _NAMES = st.sampled_from([b"Content-Type", b"Set-Cookie", b"X-A", b"Server", b"Date", b"Content-Length"])
 _VALUES = st.lists(
@@ -110,3 +112,125 @@ class SecureTests(SynchronousTestCase):
         for _ in range(5):
             self.assertFalse(channel.isSecure())
         self.assertEqual(transport.adapted, 1)
+
+
+class _Channel:
+    """A channel that records what a request tells it, as a site's channel."""
+
+    def __init__(self, site: Any = None) -> None:
+        self.calls: list[Any] = []
+        self.transport = StringTransport()
+        self.site = site
+        self.factory = self
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        self.calls.append(("head", version, code, reason, list(headers.getAllRawHeaders())))
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("body", data))
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.calls.append(("body", b"".join(data)))
+
+    def log(self, request: Any) -> None:
+        self.calls.append(("log", request.finished))
+
+    def requestDone(self, request: Any) -> None:
+        self.calls.append(("done", request.finished))
+
+
+def _built(factory: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    channel = _Channel()
+    request = factory(channel, *args, **kwargs)
+    built = dict(vars(request))
+    assert built.pop("channel") is channel and built.pop("transport") is channel.transport
+    return built
+
+
+def _finished(factory: Any, method: bytes, proto: bytes, chunks: list[bytes], watchers: int) -> Any:
+    channel = _Channel()
+    request = factory(channel, 0, parsePOSTFormSubmission=False)
+    request.method, request.clientproto, request.defaultContentType = method, proto, None
+    request.gotLength(0)
+    content = request.content
+    told: list[Any] = []
+    for _ in range(watchers):
+        request.notifyFinish().addBoth(told.append)
+    for chunk in chunks:
+        request.write(chunk)
+    request.finish()
+    left = sorted(name for name in ("channel", "content") if name in vars(request))
+    return channel.calls, told, content.closed, left, request.finished, request.notifications
+
+
+class RequestTests(SynchronousTestCase):
+    """
+    L{ProxyRequest}'s own C{__init__}, C{gotLength} and C{finish} leave a
+    request as twisted.web's L{Request} (the oracle) does, less the form
+    parsing a proxy never does.
+    """
+
+    def test_built_as_twisted_builds(self) -> None:
+        """A new request has the attributes, with the same values, that twisted.web gives it."""
+        for args in ((), (0,), (1,)):
+            for kwargs in ({}, {"parsePOSTFormSubmission": False}):
+                ours = _built(ProxyRequest, *args, **kwargs)
+                theirs = _built(Request, *args, **{"parsePOSTFormSubmission": False, **kwargs})
+                self.assertEqual(set(ours), set(theirs))
+                for name, value in theirs.items():
+                    self.assertEqual(ours[name], value, name)
+
+    def test_content_file_as_twisted_chooses(self) -> None:
+        """A body of known small length goes to memory, a large or chunked one to a file, as twisted.web does."""
+        for length in (None, 0, 10, 99_999, 100_000):
+            kinds = []
+            for factory in (ProxyRequest, Request):
+                request = factory(_Channel(site=object()), parsePOSTFormSubmission=False)
+                request.gotLength(length)
+                kinds.append(type(request.content))
+                request.content.close()
+            self.assertEqual(kinds[0], kinds[1], length)
+
+    def test_site_content_file_used(self) -> None:
+        """A site with its own getContentFile gives each request its body file, as twisted.web asks it."""
+
+        class Site:
+            def getContentFile(self, length: int | None) -> Any:
+                return ("file", length)
+
+        for factory in (ProxyRequest, Request):
+            request = factory(_Channel(site=Site()), parsePOSTFormSubmission=False)
+            request.gotLength(7)
+            self.assertEqual(request.content, ("file", 7))
+
+    def test_finished_as_twisted_finishes(self) -> None:
+        """Finishing writes, logs, tells the channel and the watchers, and closes the body as twisted.web does."""
+        for method in (b"GET", b"HEAD"):
+            for proto in (b"HTTP/1.1", b"HTTP/1.0"):
+                for chunks in ([], [b""], [b"abc", b"de"]):
+                    for watchers in (0, 2):
+                        ours = _finished(ProxyRequest, method, proto, chunks, watchers)
+                        theirs = _finished(Request, method, proto, chunks, watchers)
+                        self.assertEqual(ours, theirs, (method, proto, chunks, watchers))
+        calls, told, closed, left, finished, _ = _finished(ProxyRequest, b"GET", b"HTTP/1.1", [b"ab"], 1)
+        self.assertEqual(
+            calls[1:], [("body", b"2\r\nab\r\n"), ("body", b"0\r\n\r\n"), ("log", 0), ("done", 1)]
+        )
+        self.assertEqual((told, closed, left, finished), ([None], True, [], 1))
+
+    def test_finish_twice_warns(self) -> None:
+        """A second finish warns and does nothing more, as twisted.web's does."""
+        channel = _Channel()
+        request = ProxyRequest(channel, 0)
+        request.gotLength(0)
+        request.finish()
+        done = len(channel.calls)
+        request.finish()
+        self.assertEqual(len(self.flushWarnings()), 1)
+        self.assertEqual(len(channel.calls), done)

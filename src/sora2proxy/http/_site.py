@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, datetimeToString, toChunk
+from twisted.web.http import NO_BODY_CODES, _getContentFile, datetimeToString, toChunk
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site, version
 
 from .._config import ProxyConfig
@@ -41,11 +43,23 @@ class ProxyRequest(Request):
     _received = 0
     _gone: list[Callable[[], object]] | None = None
 
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
-        # A form body is forwarded as bytes, never parsed into C{args} (work
-        # and memory a proxy does not need, on bodies up to --max-body).
-        kwargs["parsePOSTFormSubmission"] = False
-        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+    def __init__(self, channel: Any, queued: object = False, parsePOSTFormSubmission: object = False) -> None:
+        # What twisted.web's Request.__init__s (http's, server's and
+        # Componentized's) set, in one call.  A form body is forwarded as
+        # bytes, never parsed into C{args} (work and memory a proxy does not
+        # need, on bodies up to --max-body).
+        self.notifications: list[Deferred[None]] = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self.received_cookies: dict[bytes, bytes] = {}
+        self.responseHeaders = Headers()
+        self.cookies: list[bytes] = []
+        self.transport = channel.transport
+        self.queued = queued
+        self._parsePOSTFormSubmission = False
+        self._adapterCache: dict[Any, Any] = {}
 
     def when_gone(self, gone: Callable[[], object]) -> None:
         """
@@ -109,13 +123,44 @@ class ProxyRequest(Request):
         return getattr(site, "config", None)
 
     def gotLength(self, length: int | None) -> None:
-        config = self._limit()
+        site = getattr(self.channel, "site", None)
+        config: ProxyConfig | None = getattr(site, "config", None)
         if config is not None and length is not None and length > config.max_body:
             # Answer at once: no 100 Continue, no reading of the body.
             self.requestHeaders.removeHeader(b"expect")
             self._reject(config)
             return
-        super().gotLength(length)  # type: ignore[no-untyped-call]
+        # What server.Request.gotLength does, without the AttributeError it
+        # raises and catches for a site that has no getContentFile.
+        content_file = getattr(site, "getContentFile", None)
+        self.content = _getContentFile(length) if content_file is None else content_file(length)
+
+    def finish(self) -> None:
+        if self._encoder or self._disconnected or self.finished or self.queued or self.producer:
+            super().finish()  # type: ignore[no-untyped-call]
+            return
+        # What twisted.web's Request.finish and _cleanup do then, in one call.
+        if not self.startedWriting:
+            self.write(b"")
+        channel = self.channel
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        channel.requestDone(self)
+        del self.channel
+        content: Any = self.content
+        if content is not None:
+            try:  # noqa: SIM105 (no context manager made per request)
+                content.close()
+            except OSError:  # as twisted.web: a file closing may fail on win32
+                pass
+            del self.content
+        for notification in self.notifications:
+            notification.callback(None)
+        self.notifications = []
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected:
@@ -224,7 +269,7 @@ class ProxySite(QuietSite):
     """
 
     protocol = ProxyChannel  # type: ignore[assignment]
-    requestFactory = ProxyRequest
+    requestFactory = ProxyRequest  # type: ignore[assignment]  # its own __init__, same calls
 
     def __init__(
         self,
