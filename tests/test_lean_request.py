@@ -12,7 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import TimeoutMixin
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -20,6 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from sora2proxy.http._channel import ProxyChannel
+from sora2proxy.http._idle import IdleTimer
 from sora2proxy.http._site import ProxyRequest
 
 _NAMES = st.sampled_from([b"Content-Type", b"Set-Cookie", b"X-A", b"Server", b"Date", b"Content-Length"])
@@ -234,3 +237,94 @@ class RequestTests(SynchronousTestCase):
         request.finish()
         self.assertEqual(len(self.flushWarnings()), 1)
         self.assertEqual(len(channel.calls), done)
+
+
+class _Timed:
+    """Records when its idle timeout fires, on its clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.callLater = clock.callLater
+        self.fired: list[float] = []
+
+    def timeoutConnection(self) -> None:
+        self.fired.append(self.clock.seconds())
+
+
+class _Theirs(_Timed, TimeoutMixin):
+    """Twisted's idle timer (the oracle)."""
+
+
+class _Ours(_Timed, IdleTimer):
+    """The lazily re-armed idle timer."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.idle_clock = clock
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.5, 4.9, 5.0, 7.0, 1e-9])),
+        st.tuples(st.just("reset"), st.just(0.0)),
+        st.tuples(st.just("set"), st.sampled_from([None, 0.1, 1.0, 5.0, 10.0])),
+    ),
+    max_size=30,
+)
+
+
+def _fired(
+    factory: Any, first: float | None, steps: list[tuple[str, Any]]
+) -> tuple[list[float], list[float]]:
+    clock = Clock()
+    clock.advance(0.7)
+    timed = factory(clock)
+    timed.setTimeout(first)
+    for step, value in steps:
+        if step == "advance":
+            clock.advance(value)
+        elif step == "reset":
+            timed.resetTimeout()
+        else:
+            timed.setTimeout(value)
+    clock.advance(100)
+    return timed.fired, [call.getTime() for call in clock.getDelayedCalls()]
+
+
+class IdleTimerTests(SynchronousTestCase):
+    """
+    L{IdleTimer} times out at the moments Twisted's L{TimeoutMixin} (the
+    oracle) does, on a Clock.
+    """
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from([None, 0.3, 5.0]), _STEPS)
+    def test_fires_when_twisted_fires(self, first: float | None, steps: list[tuple[str, Any]]) -> None:
+        """Any reads, timeout changes and waits time out at the same moments, and leave no call behind."""
+        self.assertEqual(_fired(_Ours, first, steps), _fired(_Theirs, first, steps))
+
+    def test_activity_moves_the_deadline(self) -> None:
+        """Activity 3 s into a 5 s timeout moves it to 8 s, with one call pending, not moved on each read."""
+        clock = Clock()
+        timed = _Ours(clock)
+        timed.setTimeout(5.0)
+        clock.advance(3)
+        timed.resetTimeout()
+        timed.resetTimeout()
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [5.0])
+        clock.advance(4.9)
+        self.assertEqual(timed.fired, [])
+        clock.advance(0.1)
+        self.assertEqual(timed.fired, [8.0])
+
+    def test_without_a_clock_twisted_times(self) -> None:
+        """A timer without idle_clock is TimeoutMixin's own, on the protocol's callLater."""
+        clock = Clock()
+        timed = _Ours(clock)
+        timed.idle_clock = None
+        timed.setTimeout(5.0)
+        clock.advance(3)
+        timed.resetTimeout()
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [8.0])
+        clock.advance(5)
+        self.assertEqual(timed.fired, [8.0])

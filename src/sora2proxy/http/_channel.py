@@ -33,6 +33,7 @@ from ._chunked import StrictChunkedDecoder
 from ._eager import send_now
 from ._head import MAX_HEADERS, Head, HeadReader, HeadRefused
 from ._headers import new_request_id
+from ._idle import IdleTimer
 from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, early_problem, known_request
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
@@ -50,7 +51,7 @@ _TOO_LARGE = f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTE
 _TOO_LONG = f"The request line is longer than {MAX_REQUEST_LINE} bytes."
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(IdleTimer, HTTPChannel):
     """
     An C{HTTPChannel} whose requests are read by llhttp, with the proxy's
     request-head limits.
@@ -83,7 +84,7 @@ class ProxyChannel(HTTPChannel):
         self._secure: bool | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()  # type: ignore[no-untyped-call]
+        self.resetTimeout()
         if self._refused:
             return
         if self._handlingRequest:  # read on once the request in hand is answered
@@ -231,7 +232,7 @@ class ProxyChannel(HTTPChannel):
             return
         self._handlingRequest = False
         if self.timeOut:  # idle from the answer on: the running timer moved, or a new one
-            self.setTimeout(self.timeOut)  # type: ignore[no-untyped-call]
+            self.setTimeout(self.timeOut)
         if self._dataBuffer:
             self._buffer += b"".join(self._dataBuffer)
             self._dataBuffer = []
@@ -330,7 +331,7 @@ class ProxyChannel(HTTPChannel):
             its head was read.
         """
         self._refused = True
-        self.setTimeout(None)  # type: ignore[no-untyped-call]  # closing already: no idle timer
+        self.setTimeout(None)  # closing already: no idle timer
         if self.on_refused is not None:
             method, target = self._request_so_far(line)
             refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)

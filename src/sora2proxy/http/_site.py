@@ -303,6 +303,7 @@ class ProxySite(QuietSite):
         channel.header_timeout = self.config.header_timeout
         channel.allow_underscore_headers = self.config.allow_underscore_headers
         channel.on_refused = self.refusals
+        channel.idle_clock = self.reactor
         # HTTP/1.1 stays on this channel; h2, if ALPN chooses it, is an HTTP/2 connection.
         return NegotiatedChannel(channel, self._h2_connection)
 
