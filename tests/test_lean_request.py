@@ -22,6 +22,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from sora2proxy.http._channel import ProxyChannel
+from sora2proxy.http._head import host_problem
+from sora2proxy.http._headers import _HOST, CANONICAL_CACHE, canonical, plain_host, valid_host
 from sora2proxy.http._idle import IdleTimer
 from sora2proxy.http._site import ProxyRequest
 
@@ -328,3 +330,42 @@ class IdleTimerTests(SynchronousTestCase):
         self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [8.0])
         clock.advance(5)
         self.assertEqual(timed.fired, [8.0])
+
+
+_HOSTS = st.one_of(
+    st.binary(max_size=12),
+    st.from_regex(rb"\A[A-Za-z0-9.\-_~%\[\]:@/ ]{0,12}(:[0-9]{0,6})?\Z"),
+)
+
+
+class HeadShortcutTests(SynchronousTestCase):
+    """
+    The head reader's shortcuts give what the full checks give: a plain
+    C{Host} is one L{host_problem} accepts, and a name's cached key is
+    C{canonical}'s (the oracles).
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(_HOSTS)
+    def test_plain_host_is_valid(self, value: bytes) -> None:
+        """A Host the shortcut passes is one the full Host rules pass, for HTTP/1.1 and 1.0."""
+        if plain_host(value):
+            self.assertIsNotNone(_HOST.match(value), value)  # the full rule, without the shortcut
+            self.assertTrue(valid_host(value), value)
+            self.assertIsNone(host_problem([value], b"HTTP/1.1"))
+            self.assertIsNone(host_problem([value], b"HTTP/1.0"))
+
+    def test_plain_hosts(self) -> None:
+        """Names, IPv4 addresses and ports pass at once; anything else goes to the full rules."""
+        for value in (b"example.com", b"127.0.0.1:8080", b"a-b.c:1"):
+            self.assertTrue(plain_host(value), value)
+        for value in (b"", b"[::1]:80", b"a b", b"a/b", b"u@h", b"h:123456", b"h_1"):
+            self.assertFalse(plain_host(value), value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.from_regex(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,12}\Z"))
+    def test_cached_key_is_canonical(self, name: bytes) -> None:
+        """A header name's key from the cache, once seen, is the one canonical() makes."""
+        key = canonical(name)
+        self.assertEqual(CANONICAL_CACHE.get(name) or canonical(name), key)
+        self.assertEqual(CANONICAL_CACHE[name], key)

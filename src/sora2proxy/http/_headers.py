@@ -21,6 +21,10 @@ REQUEST_ID = b"x-request-id"
 #: Header-Case), an invalid name refused.  A field read on every request is
 #: looked up by its key at once, without C{getRawHeaders}' per-call re-casing.
 canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+#: The names C{canonical} has seen, mapped to their key (Twisted's bounded
+#: cache): C{CANONICAL_CACHE.get(name) or canonical(name)} is C{canonical(name)}
+#: without a Python call for a name seen before, as most are.
+CANONICAL_CACHE: dict[bytes | str, bytes] = _nameEncoder._canonicalHeaderCache
 
 
 #: The L{Headers} keys of the fields the proxy reads or sets on every request.
@@ -66,6 +70,11 @@ _HOST = re.compile(
 )
 #: The common case, matched first: a name or IPv4 address and a port.
 _PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")
+
+
+#: C{plain_host(value)}: whether C{value} is a name or IPv4 address and a
+#: port (true means a valid C{Host}; false, ask L{valid_host}).
+plain_host: Callable[[bytes], object] = _PLAIN_HOST.fullmatch
 
 
 def valid_host(value: bytes) -> bool:
