@@ -135,7 +135,11 @@ class ProxyChannel(IdleTimer, HTTPChannel):
             return False
         if end > MAX_REQUEST_LINE and not self._within_limits(buffer, end + 2):
             return False
-        head, self._buffer = buffer[: end + 4], buffer[end + 4 :]
+        end += 4
+        if end == len(buffer):  # the common case: the head and nothing more
+            head, self._buffer = buffer, b""
+        else:
+            head, self._buffer = buffer[:end], buffer[end:]
         if self._reader is None:
             self._reader = HeadReader(self.allow_underscore_headers)
         try:
@@ -144,7 +148,8 @@ class ProxyChannel(IdleTimer, HTTPChannel):
             kind = HEADERS_TOO_LARGE if refused.status == 431 else BAD_REQUEST
             self._refuse(kind, refused.message, head[: head.find(b"\r\n")])
             return False
-        self._cancel_timer()
+        if self._head_timer is not None:
+            self._cancel_timer()
         self._blank_seen = False
         self._start(parsed)
         return True
@@ -221,7 +226,8 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         request.requestReceived(head.method, head.target, head.version)
 
     def requestDone(self, request: Any) -> None:
-        self._flush_held()
+        if self._held:
+            self.write(b"")
         if request is not self.requests[0]:
             raise TypeError(request)
         del self.requests[0]
@@ -236,7 +242,8 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         if self._dataBuffer:
             self._buffer += b"".join(self._dataBuffer)
             self._dataBuffer = []
-        self._read()
+        if self._buffer:  # pipelined requests, read while this one was handled
+            self._read()
 
     def take_early(self) -> bytes:
         """
