@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from sora2proxy.http._channel import ProxyChannel
 from sora2proxy.http._head import host_problem
-from sora2proxy.http._headers import _HOST, CANONICAL_CACHE, canonical, plain_host, valid_host
+from sora2proxy.http._headers import _HOST, CANONICAL_CACHE, canonical, listed_names, plain_host, valid_host
 from sora2proxy.http._idle import IdleTimer
 from sora2proxy.http._site import ProxyRequest
 
@@ -369,3 +369,15 @@ class HeadShortcutTests(SynchronousTestCase):
         key = canonical(name)
         self.assertEqual(CANONICAL_CACHE.get(name) or canonical(name), key)
         self.assertEqual(CANONICAL_CACHE[name], key)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from([b"close", b" Keep-Alive ", b"", b" ", b"a, b", b",", b"Upgrade", b"x,"]),
+            max_size=3,
+        )
+    )
+    def test_listed_names_as_the_general_rule(self, values: list[bytes]) -> None:
+        """The names a Connection header lists are the same with or without the one-name shortcut."""
+        general = frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
+        self.assertEqual(listed_names(values), general)

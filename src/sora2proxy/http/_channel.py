@@ -189,7 +189,10 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         self._request_line = (head.method, head.target)
         if b"Cookie" in fields:
             request.parseCookies()
-        self.persistent = self.checkPersistence(request, head.version)
+        if head.version == b"HTTP/1.1" and b"Connection" not in fields:  # the common case, at once
+            self.persistent = True
+        else:
+            self.persistent = self.checkPersistence(request, head.version)
         request.gotLength(head.length)
         if self._refused:  # the request refused its body (--max-body)
             return

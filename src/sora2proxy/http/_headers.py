@@ -158,6 +158,9 @@ def listed_names(values: Sequence[bytes]) -> frozenset[bytes]:
     """
     if not values:
         return _NONE
+    if len(values) == 1 and b"," not in values[0]:  # one name (keep-alive, close, upgrade): no generator
+        name = values[0].strip().lower()
+        return frozenset((name,)) if name else _NONE
     return frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
 
 

@@ -176,7 +176,8 @@ class ProxyRequest(Request):
         if self._rejected:
             return
         site: Any = getattr(self.channel, "site", None)
-        if not _leaf_root(site):
+        resource = getattr(site, "resource", None)
+        if not getattr(resource, "isLeaf", False):  # as _leaf_root, inline
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
             return
         # What twisted.web's does, less what a proxy never reads: the query
@@ -186,16 +187,16 @@ class ProxyRequest(Request):
         self.args = {}
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
-        self._serve_leaf(site)
+        self._serve_leaf(site, resource)
 
     def process(self) -> None:
         site: Any = getattr(self.channel, "site", None)
         if not _leaf_root(site):  # OPTIONS * too: the proxy refuses it, as any asterisk-form
             super().process()  # type: ignore[no-untyped-call]
             return
-        self._serve_leaf(site)
+        self._serve_leaf(site, site.resource)
 
-    def _serve_leaf(self, site: Any) -> None:
+    def _serve_leaf(self, site: Any, resource: Any) -> None:
         # A leaf at the root (the proxy's own resource): nothing to traverse,
         # and the default headers set without Twisted's per-value checks.
         self.site = site
@@ -205,7 +206,7 @@ class ProxyRequest(Request):
         self.prepath, self.postpath = [], []
         self.sitepath: list[bytes] = []
         try:
-            self.render(site.resource)  # type: ignore[no-untyped-call]
+            self.render(resource)  # type: ignore[no-untyped-call]
         except BaseException:
             self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
