@@ -7,6 +7,7 @@ input where the input varies.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -23,7 +24,15 @@ from zope.interface import implementer
 
 from sora2proxy.http._channel import ProxyChannel
 from sora2proxy.http._head import host_problem
-from sora2proxy.http._headers import _HOST, CANONICAL_CACHE, canonical, listed_names, plain_host, valid_host
+from sora2proxy.http._headers import (
+    _HOST,
+    CANONICAL_CACHE,
+    canonical,
+    forwarded_element,
+    listed_names,
+    plain_host,
+    valid_host,
+)
 from sora2proxy.http._idle import IdleTimer
 from sora2proxy.http._site import ProxyRequest
 
@@ -381,3 +390,79 @@ class HeadShortcutTests(SynchronousTestCase):
         """The names a Connection header lists are the same with or without the one-name shortcut."""
         general = frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
         self.assertEqual(listed_names(values), general)
+
+
+def _forwarded_before(client_ip: str | None, host: bytes | None, proto: bytes) -> bytes:
+    """The Forwarded element as it was built before it was built as bytes (the reference)."""
+    token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+    parts = []
+    if client_ip is not None:
+        parts.append("for=" + (f'"[{client_ip}]"' if ":" in client_ip else client_ip))
+    if host is not None:
+        text = host.decode("latin-1")
+        quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append("host=" + (text if token.fullmatch(text) else quoted))
+    parts.append(f"proto={proto.decode('ascii')}")
+    return ";".join(parts).encode("latin-1")
+
+
+class ForwardedTests(SynchronousTestCase):
+    """
+    L{forwarded_element}, built as bytes, makes the element the string
+    version made (the reference), and the one RFC 7239 shows.
+    """
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.one_of(st.none(), st.ip_addresses().map(str)),
+        st.one_of(
+            st.none(), st.binary(max_size=16), st.sampled_from([b"h.example:8080", b'a"b\\c', b"h.example"])
+        ),
+        st.sampled_from([b"http", b"https"]),
+    )
+    def test_same_element(self, client_ip: str | None, host: bytes | None, proto: bytes) -> None:
+        """Any client address, Host bytes and scheme give the element the reference gives."""
+        self.assertEqual(forwarded_element(client_ip, host, proto), _forwarded_before(client_ip, host, proto))
+
+    def test_known_elements(self) -> None:
+        """IPv6 in quoted brackets, a Host with a port quoted, a plain name as a token."""
+        self.assertEqual(
+            forwarded_element("2001:db8::1", b"h.example:8080", b"https"),
+            b'for="[2001:db8::1]";host="h.example:8080";proto=https',
+        )
+        self.assertEqual(
+            forwarded_element("192.0.2.1", b"h.example", b"http"), b"for=192.0.2.1;host=h.example;proto=http"
+        )
+        self.assertEqual(forwarded_element(None, None, b"http"), b"proto=http")
+
+
+def _first_write(factory: Any, feature: str) -> Any:
+    channel = _Channel()
+    request = factory(channel, 0, parsePOSTFormSubmission=False)
+    request.method, request.clientproto = b"GET", b"HTTP/1.1"
+    if feature != "default type":
+        request.defaultContentType = None
+    if feature == "last modified":
+        request.lastModified = 0
+    elif feature == "etag":
+        request.etag = b'"1"'
+    elif feature == "cookie":
+        request.addCookie(b"a", b"1")
+    request.write(b"abc")
+    request.write(b"de")
+    return channel.calls
+
+
+class FirstWriteFeatureTests(SynchronousTestCase):
+    """
+    An answer that is not plain (a default Content-Type, Last-Modified, an
+    ETag, a cookie) is written by twisted.web's own C{write}: the same
+    bytes as twisted.web's L{Request} (the oracle).
+    """
+
+    def test_each_feature_as_twisted(self) -> None:
+        """Each of them puts its header in the head, as twisted.web does."""
+        for feature in ("default type", "last modified", "etag", "cookie"):
+            ours, theirs = _first_write(ProxyRequest, feature), _first_write(Request, feature)
+            self.assertEqual(ours, theirs, feature)
+            self.assertEqual(len(ours[0][4]), 2, feature)  # the feature's header and chunked

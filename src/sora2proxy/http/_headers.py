@@ -173,29 +173,25 @@ def append_via(headers: Headers) -> None:
     raw[VIA_KEY] = [b", ".join([*existing, VIA]) if existing else VIA]
 
 
-def _forwarded_node(ip: str) -> str:
-    return f'"[{ip}]"' if ":" in ip else ip
-
-
 #: RFC 9110 tchar: anything else (a port's ":" too, RFC 7239 section 6) is a quoted-string.
-_FORWARDED_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def _forwarded_value(value: bytes) -> str:
-    text = value.decode("latin-1")
-    if _FORWARDED_TOKEN.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _forwarded_value(value: bytes) -> bytes:
+    if _FORWARDED_TOKEN.fullmatch(value):
+        return value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def forwarded_element(client_ip: str | None, host: bytes | None, proto: bytes) -> bytes:
     """
-    This hop's element of C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}.
+    This hop's element of C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}
+    (an IPv6 C{for} quoted in brackets), built as bytes.
     """
-    parts = []
-    if client_ip is not None:
-        parts.append(f"for={_forwarded_node(client_ip)}")
+    element = b"proto=" + proto
     if host is not None:
-        parts.append(f"host={_forwarded_value(host)}")
-    parts.append(f"proto={proto.decode('ascii')}")
-    return ";".join(parts).encode("latin-1")
+        element = b"host=" + _forwarded_value(host) + b";" + element
+    if client_ip is not None:
+        node = client_ip.encode("latin-1")
+        element = (b'for="[' + node + b']";' if ":" in client_ip else b"for=" + node + b";") + element
+    return element

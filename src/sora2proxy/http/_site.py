@@ -82,7 +82,17 @@ class ProxyRequest(Request):
                     _log.failure("While telling that a client went away")
 
     def write(self, data: bytes) -> None:
-        if self.startedWriting or not self._plain():
+        if (
+            self.startedWriting
+            or self.finished
+            or self._disconnected
+            or self._inFakeHead
+            or self._encoder
+            or self.defaultContentType is not None
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+        ):
             super().write(data)  # type: ignore[no-untyped-call]
             return
         # The first write of a plain answer (the proxy's own: no default
@@ -105,18 +115,6 @@ class ProxyRequest(Request):
                 self.channel.writeSequence(toChunk(data))
             else:
                 self.channel.write(data)
-
-    def _plain(self) -> bool:
-        return not (
-            self.finished
-            or self._disconnected
-            or self._inFakeHead
-            or self._encoder
-            or self.defaultContentType is not None
-            or self.lastModified is not None
-            or self.etag is not None
-            or self.cookies
-        )
 
     def _limit(self) -> ProxyConfig | None:
         site = getattr(self.channel, "site", None)
