@@ -9,6 +9,7 @@ logs its own events).
 from __future__ import annotations
 
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -32,6 +33,8 @@ SERVER: bytes = version
 _log = Logger()
 _SERVER, _DATE = canonical(b"server"), canonical(b"date")
 _CONTENT_LENGTH, _TRANSFER_ENCODING = canonical(b"content-length"), canonical(b"transfer-encoding")
+#: The body lengths twisted.web's _getContentFile keeps in memory: under this.
+_IN_MEMORY = 100_000
 
 
 class ProxyRequest(Request):
@@ -131,7 +134,12 @@ class ProxyRequest(Request):
         # What server.Request.gotLength does, without the AttributeError it
         # raises and catches for a site that has no getContentFile.
         content_file = getattr(site, "getContentFile", None)
-        self.content = _getContentFile(length) if content_file is None else content_file(length)
+        if content_file is not None:
+            self.content = content_file(length)
+        elif length is not None and length < _IN_MEMORY:  # as _getContentFile chooses, without the call
+            self.content = BytesIO()
+        else:
+            self.content = _getContentFile(length)
 
     def finish(self) -> None:
         if self._encoder or self._disconnected or self.finished or self.queued or self.producer:
