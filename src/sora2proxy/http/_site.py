@@ -40,6 +40,11 @@ _IN_MEMORY = 100_000
 class ProxyRequest(Request):
     """
     A request that refuses a body over the site's C{max_body}.
+
+    It is built, sized, written and finished by lean versions of
+    twisted.web's methods, doing in one call what the proxy's plain answers
+    need (anything else goes to twisted.web's); twisted.web's L{Request}
+    is their oracle in C{tests/test_lean_request.py}.
     """
 
     _rejected = False
