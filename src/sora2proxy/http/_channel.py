@@ -372,7 +372,8 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         raw = headers._rawHeaders
         fields = chain.from_iterable(map(zip, map(repeat, raw), raw.values()))
         lines = chain((b" ".join((version, code, reason)),), map(b": ".join, fields))
-        self._flush_held()
+        if self._held:  # a head not sent yet (never, from twisted.web's Request)
+            self.write(b"")
         self._held = b"\r\n".join(lines) + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
@@ -381,10 +382,6 @@ class ProxyChannel(IdleTimer, HTTPChannel):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
-
-    def _flush_held(self) -> None:
-        if self._held:
-            self.write(b"")
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
