@@ -21,6 +21,7 @@ C{Connection: close} is honoured anywhere in the field's token list.
 
 from __future__ import annotations
 
+from itertools import chain, repeat
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -32,6 +33,7 @@ from ._chunked import StrictChunkedDecoder
 from ._eager import send_now
 from ._head import MAX_HEADERS, Head, HeadReader, HeadRefused
 from ._headers import new_request_id
+from ._idle import IdleTimer
 from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, early_problem, known_request
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
@@ -49,7 +51,7 @@ _TOO_LARGE = f"The request has more than {MAX_HEADERS} headers or {MAX_HEAD_BYTE
 _TOO_LONG = f"The request line is longer than {MAX_REQUEST_LINE} bytes."
 
 
-class ProxyChannel(HTTPChannel):
+class ProxyChannel(IdleTimer, HTTPChannel):
     """
     An C{HTTPChannel} whose requests are read by llhttp, with the proxy's
     request-head limits.
@@ -79,9 +81,10 @@ class ProxyChannel(HTTPChannel):
         self._host: Any = None
         self._peer: Any = None
         self._request_line: tuple[bytes, bytes] | None = None
+        self._secure: bool | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()  # type: ignore[no-untyped-call]
+        self.resetTimeout()
         if self._refused:
             return
         if self._handlingRequest:  # read on once the request in hand is answered
@@ -132,7 +135,11 @@ class ProxyChannel(HTTPChannel):
             return False
         if end > MAX_REQUEST_LINE and not self._within_limits(buffer, end + 2):
             return False
-        head, self._buffer = buffer[: end + 4], buffer[end + 4 :]
+        end += 4
+        if end == len(buffer):  # the common case: the head and nothing more
+            head, self._buffer = buffer, b""
+        else:
+            head, self._buffer = buffer[:end], buffer[end:]
         if self._reader is None:
             self._reader = HeadReader(self.allow_underscore_headers)
         try:
@@ -141,7 +148,8 @@ class ProxyChannel(HTTPChannel):
             kind = HEADERS_TOO_LARGE if refused.status == 431 else BAD_REQUEST
             self._refuse(kind, refused.message, head[: head.find(b"\r\n")])
             return False
-        self._cancel_timer()
+        if self._head_timer is not None:
+            self._cancel_timer()
         self._blank_seen = False
         self._start(parsed)
         return True
@@ -181,7 +189,10 @@ class ProxyChannel(HTTPChannel):
         self._request_line = (head.method, head.target)
         if b"Cookie" in fields:
             request.parseCookies()
-        self.persistent = self.checkPersistence(request, head.version)
+        if head.version == b"HTTP/1.1" and b"Connection" not in fields:  # the common case, at once
+            self.persistent = True
+        else:
+            self.persistent = self.checkPersistence(request, head.version)
         request.gotLength(head.length)
         if self._refused:  # the request refused its body (--max-body)
             return
@@ -218,7 +229,8 @@ class ProxyChannel(HTTPChannel):
         request.requestReceived(head.method, head.target, head.version)
 
     def requestDone(self, request: Any) -> None:
-        self._flush_held()
+        if self._held:
+            self.write(b"")
         if request is not self.requests[0]:
             raise TypeError(request)
         del self.requests[0]
@@ -229,11 +241,12 @@ class ProxyChannel(HTTPChannel):
             return
         self._handlingRequest = False
         if self.timeOut:  # idle from the answer on: the running timer moved, or a new one
-            self.setTimeout(self.timeOut)  # type: ignore[no-untyped-call]
+            self.setTimeout(self.timeOut)
         if self._dataBuffer:
             self._buffer += b"".join(self._dataBuffer)
             self._dataBuffer = []
-        self._read()
+        if self._buffer:  # pipelined requests, read while this one was handled
+            self._read()
 
     def take_early(self) -> bytes:
         """
@@ -258,6 +271,17 @@ class ProxyChannel(HTTPChannel):
         if self._peer is None:
             self._peer = super().getPeer()  # type: ignore[no-untyped-call]
         return self._peer
+
+    def isSecure(self) -> bool:
+        # Asked several times a request; HTTPChannel adapts the transport to
+        # ISSLTransport through zope every time, and the answer cannot
+        # change for a connection.
+        secure = self._secure
+        if secure is None:
+            secure = super().isSecure()  # type: ignore[no-untyped-call]
+            if self.transport is not None:
+                self._secure = secure
+        return bool(secure)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         # RFC 9110 section 7.6.1: Connection is a list of tokens, in any case,
@@ -317,7 +341,7 @@ class ProxyChannel(HTTPChannel):
             its head was read.
         """
         self._refused = True
-        self.setTimeout(None)  # type: ignore[no-untyped-call]  # closing already: no idle timer
+        self.setTimeout(None)  # closing already: no idle timer
         if self.on_refused is not None:
             method, target = self._request_so_far(line)
             refusal = Refusal(kind.status, kind.error_type, method, target, request_id, seconds, message)
@@ -343,13 +367,14 @@ class ProxyChannel(HTTPChannel):
     # Writing the response: its head is held until the first body bytes (or
     # the request's end), and both go to the socket at once (send_now).
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        head = [version, b" ", code, b" ", reason]
-        for name, values in headers._rawHeaders.items():  # getAllRawHeaders, without its generator
-            for value in values:
-                head += (b"\r\n", name, b": ", value)
-        head.append(b"\r\n\r\n")
-        self._flush_held()
-        self._held = b"".join(head)
+        # What HTTPChannel.writeHeaders writes, its loops run in C: each
+        # value of each field is one (name, value) pair of its own line.
+        raw = headers._rawHeaders
+        fields = chain.from_iterable(map(zip, map(repeat, raw), raw.values()))
+        lines = chain((b" ".join((version, code, reason)),), map(b": ".join, fields))
+        if self._held:  # a head not sent yet (never, from twisted.web's Request)
+            self.write(b"")
+        self._held = b"\r\n".join(lines) + b"\r\n\r\n"
 
     def write(self, data: bytes) -> None:
         held, self._held = self._held, b""
@@ -357,10 +382,6 @@ class ProxyChannel(HTTPChannel):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
-
-    def _flush_held(self) -> None:
-        if self._held:
-            self.write(b"")
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()

@@ -20,9 +20,8 @@ This module imports nothing of the package but L{_headers} and L{_refusal}.
 from __future__ import annotations
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-from twisted.web.http_headers import _nameEncoder
 
-from ._headers import valid_host
+from ._headers import CANONICAL_CACHE, canonical, plain_host, valid_host
 from ._refusal import head_problem
 
 #: Most header lines in one request.
@@ -138,9 +137,12 @@ class HeadReader:
             sizes = fields.get(b"Content-Length")
             if sizes is not None:
                 length = int(sizes[0])  # llhttp took one, of digits only
-        problem = host_problem(fields.get(b"Host"), version)
-        if problem is not None:
-            raise HeadRefused(400, problem)
+        hosts = fields.get(b"Host")
+        # The common case, one plain host and port, passes at once.
+        if hosts is None or len(hosts) != 1 or not plain_host(hosts[0]):
+            problem = host_problem(hosts, version)
+            if problem is not None:
+                raise HeadRefused(400, problem)
         if length != 0 or upgrade:
             self._parser = None  # llhttp would read the body: the next head gets a new one
         return Head(method, url, version, fields, length, upgrade)
@@ -155,12 +157,8 @@ class HeadReader:
             raise HeadRefused(431, f"The request has more than {MAX_HEADERS} headers.")
         if b"_" in name and not self._allow_underscore:
             return  # dropped, as nginx does: CGI and WSGI read X_A as X-A
-        name = _nameEncoder.encode(name)
-        values = self._fields.get(name)
-        if values is None:
-            self._fields[name] = [value.rstrip(b" \t")]
-        else:
-            values.append(value.rstrip(b" \t"))
+        name = CANONICAL_CACHE.get(name) or canonical(name)
+        self._fields.setdefault(name, []).append(value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
         self._done = True

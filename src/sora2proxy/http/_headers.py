@@ -21,6 +21,10 @@ REQUEST_ID = b"x-request-id"
 #: Header-Case), an invalid name refused.  A field read on every request is
 #: looked up by its key at once, without C{getRawHeaders}' per-call re-casing.
 canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+#: The names C{canonical} has seen, mapped to their key (Twisted's bounded
+#: cache): C{CANONICAL_CACHE.get(name) or canonical(name)} is C{canonical(name)}
+#: without a Python call for a name seen before, as most are.
+CANONICAL_CACHE: dict[bytes | str, bytes] = _nameEncoder._canonicalHeaderCache
 
 
 #: The L{Headers} keys of the fields the proxy reads or sets on every request.
@@ -66,6 +70,11 @@ _HOST = re.compile(
 )
 #: The common case, matched first: a name or IPv4 address and a port.
 _PLAIN_HOST = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")
+
+
+#: C{plain_host(value)}: whether C{value} is a name or IPv4 address and a
+#: port (true means a valid C{Host}; false, ask L{valid_host}).
+plain_host: Callable[[bytes], object] = _PLAIN_HOST.fullmatch
 
 
 def valid_host(value: bytes) -> bool:
@@ -150,6 +159,9 @@ def listed_names(values: Sequence[bytes]) -> frozenset[bytes]:
     """
     if not values:
         return _NONE
+    if len(values) == 1 and b"," not in values[0]:  # one name (keep-alive, close, upgrade): no generator
+        name = values[0].strip().lower()
+        return frozenset((name,)) if name else _NONE
     return frozenset(t.strip().lower() for value in values for t in value.split(b",") if t.strip())
 
 
@@ -162,29 +174,25 @@ def append_via(headers: Headers) -> None:
     raw[VIA_KEY] = [b", ".join([*existing, VIA]) if existing else VIA]
 
 
-def _forwarded_node(ip: str) -> str:
-    return f'"[{ip}]"' if ":" in ip else ip
-
-
 #: RFC 9110 tchar: anything else (a port's ":" too, RFC 7239 section 6) is a quoted-string.
-_FORWARDED_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def _forwarded_value(value: bytes) -> str:
-    text = value.decode("latin-1")
-    if _FORWARDED_TOKEN.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _forwarded_value(value: bytes) -> bytes:
+    if _FORWARDED_TOKEN.fullmatch(value):
+        return value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def forwarded_element(client_ip: str | None, host: bytes | None, proto: bytes) -> bytes:
     """
-    This hop's element of C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}.
+    This hop's element of C{Forwarded} (RFC 7239): C{for}, C{host} and C{proto}
+    (an IPv6 C{for} quoted in brackets), built as bytes.
     """
-    parts = []
-    if client_ip is not None:
-        parts.append(f"for={_forwarded_node(client_ip)}")
+    element = b"proto=" + proto
     if host is not None:
-        parts.append(f"host={_forwarded_value(host)}")
-    parts.append(f"proto={proto.decode('ascii')}")
-    return ";".join(parts).encode("latin-1")
+        element = b"host=" + _forwarded_value(host) + b";" + element
+    if client_ip is not None:
+        node = client_ip.encode("latin-1")
+        element = (b'for="[' + node + b']";' if ":" in client_ip else b"for=" + node + b";") + element
+    return element

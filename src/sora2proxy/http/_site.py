@@ -9,11 +9,14 @@ logs its own events).
 from __future__ import annotations
 
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, datetimeToString, toChunk
+from twisted.web.http import NO_BODY_CODES, _getContentFile, datetimeToString, toChunk
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site, version
 
 from .._config import ProxyConfig
@@ -30,22 +33,41 @@ SERVER: bytes = version
 _log = Logger()
 _SERVER, _DATE = canonical(b"server"), canonical(b"date")
 _CONTENT_LENGTH, _TRANSFER_ENCODING = canonical(b"content-length"), canonical(b"transfer-encoding")
+#: The body lengths twisted.web's _getContentFile keeps in memory: under this.
+_IN_MEMORY = 100_000
 
 
 class ProxyRequest(Request):
     """
     A request that refuses a body over the site's C{max_body}.
+
+    It is built, sized, written and finished by lean versions of
+    twisted.web's methods, doing in one call what the proxy's plain answers
+    need (anything else goes to twisted.web's); twisted.web's L{Request}
+    is their oracle in C{tests/test_lean_request.py}.
     """
 
     _rejected = False
     _received = 0
     _gone: list[Callable[[], object]] | None = None
 
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
-        # A form body is forwarded as bytes, never parsed into C{args} (work
-        # and memory a proxy does not need, on bodies up to --max-body).
-        kwargs["parsePOSTFormSubmission"] = False
-        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+    def __init__(self, channel: Any, queued: object = False, parsePOSTFormSubmission: object = False) -> None:
+        # What twisted.web's Request.__init__s (http's, server's and
+        # Componentized's) set, in one call.  A form body is forwarded as
+        # bytes, never parsed into C{args} (work and memory a proxy does not
+        # need, on bodies up to --max-body).
+        self.notifications: list[Deferred[None]] = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self.received_cookies: dict[bytes, bytes] = {}
+        self.responseHeaders = Headers()
+        self.cookies: list[bytes] = []
+        self.transport = channel.transport
+        self.queued = queued
+        self._parsePOSTFormSubmission = False
+        self._adapterCache: dict[Any, Any] = {}
 
     def when_gone(self, gone: Callable[[], object]) -> None:
         """
@@ -72,7 +94,17 @@ class ProxyRequest(Request):
                     _log.failure("While telling that a client went away")
 
     def write(self, data: bytes) -> None:
-        if self.startedWriting or not self._plain():
+        if (
+            self.startedWriting
+            or self.finished
+            or self._disconnected
+            or self._inFakeHead
+            or self._encoder
+            or self.defaultContentType is not None
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+        ):
             super().write(data)  # type: ignore[no-untyped-call]
             return
         # The first write of a plain answer (the proxy's own: no default
@@ -96,30 +128,54 @@ class ProxyRequest(Request):
             else:
                 self.channel.write(data)
 
-    def _plain(self) -> bool:
-        return not (
-            self.finished
-            or self._disconnected
-            or self._inFakeHead
-            or self._encoder
-            or self.defaultContentType is not None
-            or self.lastModified is not None
-            or self.etag is not None
-            or self.cookies
-        )
-
     def _limit(self) -> ProxyConfig | None:
         site = getattr(self.channel, "site", None)
         return getattr(site, "config", None)
 
     def gotLength(self, length: int | None) -> None:
-        config = self._limit()
+        site = getattr(self.channel, "site", None)
+        config: ProxyConfig | None = getattr(site, "config", None)
         if config is not None and length is not None and length > config.max_body:
             # Answer at once: no 100 Continue, no reading of the body.
             self.requestHeaders.removeHeader(b"expect")
             self._reject(config)
             return
-        super().gotLength(length)  # type: ignore[no-untyped-call]
+        # What server.Request.gotLength does, without the AttributeError it
+        # raises and catches for a site that has no getContentFile.
+        content_file = getattr(site, "getContentFile", None)
+        if content_file is not None:
+            self.content = content_file(length)
+        elif length is not None and length < _IN_MEMORY:  # as _getContentFile chooses, without the call
+            self.content = BytesIO()
+        else:
+            self.content = _getContentFile(length)
+
+    def finish(self) -> None:
+        if self._encoder or self._disconnected or self.finished or self.queued or self.producer:
+            super().finish()  # type: ignore[no-untyped-call]
+            return
+        # What twisted.web's Request.finish and _cleanup do then, in one call.
+        if not self.startedWriting:
+            self.write(b"")
+        channel = self.channel
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        channel.requestDone(self)
+        del self.channel
+        content: Any = self.content
+        if content is not None:
+            try:  # noqa: SIM105 (no context manager made per request)
+                content.close()
+            except OSError:  # as twisted.web: a file closing may fail on win32
+                pass
+            del self.content
+        for notification in self.notifications:
+            notification.callback(None)
+        self.notifications = []
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected:
@@ -135,7 +191,8 @@ class ProxyRequest(Request):
         if self._rejected:
             return
         site: Any = getattr(self.channel, "site", None)
-        if not _leaf_root(site):
+        resource = getattr(site, "resource", None)
+        if not getattr(resource, "isLeaf", False):  # as _leaf_root, inline
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
             return
         # What twisted.web's does, less what a proxy never reads: the query
@@ -145,16 +202,16 @@ class ProxyRequest(Request):
         self.args = {}
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
-        self._serve_leaf(site)
+        self._serve_leaf(site, resource)
 
     def process(self) -> None:
         site: Any = getattr(self.channel, "site", None)
         if not _leaf_root(site):  # OPTIONS * too: the proxy refuses it, as any asterisk-form
             super().process()  # type: ignore[no-untyped-call]
             return
-        self._serve_leaf(site)
+        self._serve_leaf(site, site.resource)
 
-    def _serve_leaf(self, site: Any) -> None:
+    def _serve_leaf(self, site: Any, resource: Any) -> None:
         # A leaf at the root (the proxy's own resource): nothing to traverse,
         # and the default headers set without Twisted's per-value checks.
         self.site = site
@@ -164,7 +221,7 @@ class ProxyRequest(Request):
         self.prepath, self.postpath = [], []
         self.sitepath: list[bytes] = []
         try:
-            self.render(site.resource)  # type: ignore[no-untyped-call]
+            self.render(resource)  # type: ignore[no-untyped-call]
         except BaseException:
             self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
@@ -228,7 +285,7 @@ class ProxySite(QuietSite):
     """
 
     protocol = ProxyChannel  # type: ignore[assignment]
-    requestFactory = ProxyRequest
+    requestFactory = ProxyRequest  # type: ignore[assignment]  # its own __init__, same calls
 
     def __init__(
         self,
@@ -262,6 +319,7 @@ class ProxySite(QuietSite):
         channel.header_timeout = self.config.header_timeout
         channel.allow_underscore_headers = self.config.allow_underscore_headers
         channel.on_refused = self.refusals
+        channel.idle_clock = self.reactor
         # HTTP/1.1 stays on this channel; h2, if ALPN chooses it, is an HTTP/2 connection.
         return NegotiatedChannel(channel, self._h2_connection)
 
