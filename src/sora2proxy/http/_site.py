@@ -79,10 +79,6 @@ class ProxyRequest(Request):
             self._gone = []
         self._gone.append(gone)
 
-    def finish(self) -> None:
-        self._gone = None  # answered: no one is told of a leaving client now (and no cycle is kept)
-        super().finish()  # type: ignore[no-untyped-call]
-
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         gone, self._gone = self._gone, None
@@ -151,6 +147,7 @@ class ProxyRequest(Request):
             self.content = _getContentFile(length)
 
     def finish(self) -> None:
+        self._gone = None  # answered: no one is told of a leaving client now (and no cycle is kept)
         if self._encoder or self._disconnected or self.finished or self.queued or self.producer:
             super().finish()  # type: ignore[no-untyped-call]
             return
