@@ -201,11 +201,13 @@ class MakeServiceTests(SynchronousTestCase):
         embedded = build_service(options.config, [], MemoryReactorClock())
         self.assertFalse(any(isinstance(child, FrozenStartup) for child in embedded))  # type: ignore[attr-defined]
         self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         before = gc.get_freeze_count()
         kept = [object()]  # a container alive at start: frozen with the rest
         frozen[0].startService()
         self.assertGreater(gc.get_freeze_count(), before)
         self.assertTrue(kept)
+        self.assertEqual(gc.get_threshold()[0], 10_000)  # young collections: 700 by default
 
     def test_listeners_and_monitor(self) -> None:
         """makeService's service has a listener per --listen and the health monitor."""
