@@ -30,6 +30,7 @@ from sora2proxy.http._chunked import ChunkedEncoder
 from sora2proxy.http._client import UpstreamClient
 from sora2proxy.http._endpoints import PrivateCAPolicy, UpstreamEndpoints
 from sora2proxy.http._h2 import NegotiatedChannel
+from sora2proxy.http._reading import PauseTracking
 from sora2proxy.http._upstream_response import BodyTransport, UpstreamResponse
 from sora2proxy.ops._admin_hosts import LocalHostsOnly
 from sora2proxy.ops._logs import JSONLinesObserver
@@ -74,6 +75,7 @@ INSTANCES: dict[str, Callable[[], object]] = {
     "sora2proxy.http._endpoints.PrivateCAPolicy": lambda: PrivateCAPolicy(trustme.CA().cert_pem.bytes()),
     "sora2proxy.http._endpoints.UpstreamEndpoints": lambda: UpstreamEndpoints(MemoryReactorClock()),
     "sora2proxy.http._h2.NegotiatedChannel": lambda: NegotiatedChannel(Protocol(), lambda: None),  # type: ignore[arg-type,return-value]
+    "sora2proxy.http._reading.PauseTracking": lambda: PauseTracking(StringTransport()),
     "sora2proxy.http._upstream_response.BodyTransport": lambda: BodyTransport(_Connection()),
     "sora2proxy.http._upstream_response.UpstreamResponse": _response,
     "sora2proxy.ops._admin_hosts.LocalHostsOnly": lambda: LocalHostsOnly(Resource()),

@@ -34,6 +34,7 @@ from ._eager import send_now
 from ._head import MAX_HEADERS, Head, HeadReader, HeadRefused
 from ._headers import new_request_id
 from ._idle import IdleTimer
+from ._reading import PauseTracking
 from ._refusal import MAX_LOGGED_TARGET, Refusal, RefusalListener, early_problem, known_request
 
 URI_TOO_LONG = ErrorKind("URI_TOO_LONG", 414, "Request line too long")
@@ -382,6 +383,10 @@ class ProxyChannel(IdleTimer, HTTPChannel):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self._networkProducer = PauseTracking(self._networkProducer)  # no resume after each answer
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()

@@ -37,17 +37,16 @@ def send_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def _idle_plain_tcp(transport: Any) -> bool:
+def _idle_plain_tcp(transport: Any) -> Any:
     # A wrapper (TLS, policies) proxies attribute reads to the TCP transport
-    # beneath it: only a TCP connection itself qualifies.
+    # beneath it: only a TCP connection itself qualifies.  A true value when
+    # it does (no bool() made of it).
     if not isinstance(transport, Connection):
         return False
     try:
-        return bool(
+        return (
             transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-            and not transport.TLS
+            and not (transport.disconnecting or transport._writeDisconnected or transport.TLS)
             and not transport._tempDataBuffer
             and len(transport.dataBuffer) == transport.offset
             and transport.socket is not None
