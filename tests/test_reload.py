@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sora2proxy import ProxyConfig, build_proxy
 from sora2proxy._config import ConfigError
 from sora2proxy.ops._reload import Loaded, Reloader
+from sora2proxy.resilience._health import HealthMonitor
 
 A, B, C = "http://127.0.0.1:3101/api", "http://127.0.0.1:3102/api", "http://127.0.0.1:3103/api"
 
@@ -114,8 +115,12 @@ class ProxyReconfigureTests(SynchronousTestCase):
         self.proxy.service.startService()
         self.addCleanup(self.proxy.service.stopService)
 
+    def health_monitors(self) -> list[Any]:
+        """The proxy's services that are health monitors (the others: its deadlines...)."""
+        return [child for child in self.proxy.service if isinstance(child, HealthMonitor)]  # type: ignore[attr-defined]
+
     def monitors(self) -> int:
-        return len(list(self.proxy.service))
+        return len(self.health_monitors())
 
     def test_upstreams_swapped(self) -> None:
         """An unchanged upstream keeps its state, a removed one's checks stop, an added one's start."""
@@ -128,7 +133,7 @@ class ProxyReconfigureTests(SynchronousTestCase):
         self.assertEqual(added.url, C)
         self.assertNotIn(b, self.proxy.balancer.upstreams)
         self.assertEqual(self.monitors(), 2)
-        states = [monitor.state for monitor in self.proxy.service]  # type: ignore[attr-defined]
+        states = [monitor.state for monitor in self.health_monitors()]
         self.assertNotIn(b.health, states)
         self.assertIn(a.health, states)
 
@@ -139,7 +144,7 @@ class ProxyReconfigureTests(SynchronousTestCase):
         new_a, new_b = self.proxy.balancer.upstreams
         self.assertIsNot(new_a, a)
         self.assertEqual((new_a.url, new_b.url), (A, B))
-        self.assertEqual([m._interval for m in self.proxy.service], [1.0, 1.0])  # type: ignore[attr-defined]
+        self.assertEqual([m._interval for m in self.health_monitors()], [1.0, 1.0])
 
     def test_settings_for_new_requests(self) -> None:
         """Retries, timeouts, budget, balance and Idempotency-Key rules are the new ones."""

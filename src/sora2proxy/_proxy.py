@@ -24,6 +24,7 @@ from .forward._refused import RefusalLog
 from .forward._resource import ProxyResource
 from .forward._seams import AccessSink
 from .http._client import UpstreamClient
+from .http._deadlines import Deadlines
 from .http._endpoints import UpstreamEndpoints, tls_policy
 from .http._refusal import RefusalListener
 from .idempotency._guard import IdempotencyGuard
@@ -98,6 +99,30 @@ class _PoolService(Service):
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return self._client.close_idle()
+
+
+def _shared_deadlines(clock: IReactorTime, service: MultiService) -> Deadlines:
+    """
+    The deadlines every try's timeout shares, their call cancelled when
+    C{service} stops.
+    """
+    deadlines = Deadlines(clock)
+    _DeadlinesService(deadlines).setServiceParent(service)  # type: ignore[no-untyped-call]
+    return deadlines
+
+
+class _DeadlinesService(Service):
+    """
+    Cancels the tries' shared deadline call when stopped (no DelayedCall
+    left in the reactor).
+    """
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self._deadlines = deadlines
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self._deadlines.stop()
 
 
 def idempotency_guard(
@@ -183,7 +208,6 @@ def build_proxy(
         agent = _pooled_client(config, clock, endpoints, service)
     upstreams = _LiveUpstreams(config, clock, agent, telemetry, service)
     balancer = upstreams.balancer
-    budget = RetryBudget(clock, config.retry_budget)
     guard = idempotency_guard(config, clock, telemetry)
     access = _access_log(config, clock, service)
     parts = ProxyParts(
@@ -191,7 +215,7 @@ def build_proxy(
         clock,
         agent,
         balancer,
-        budget,
+        RetryBudget(clock, config.retry_budget),
         body_cooperator(clock),
         telemetry,
         access,
@@ -200,6 +224,7 @@ def build_proxy(
         guard=guard,
         children=children,
         limits=rate_limits(config, clock, telemetry),
+        deadlines=_shared_deadlines(clock, service),
     )
     refusals = RefusalLog(telemetry, access, config.upstream)
     resource = ProxyResource(parts)

@@ -137,6 +137,7 @@ class Exchange:
             context.started + deadline if deadline else None,
             parts.budget,
             parts.random,
+            deadlines=parts.deadlines,
         )
         loop.start(self)  # answered() or failed() follows, now or later
         when_gone = getattr(request, "when_gone", None)  # a ProxyRequest's, without a Deferred

@@ -16,6 +16,7 @@ from twisted.internet.task import Cooperator
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 
 from .._config import ProxyConfig
+from ..http._deadlines import Deadlines
 from ..idempotency._guard import IdempotencyGuard
 from ..limits._gate import Limits
 from ..resilience._budget import RetryBudget
@@ -44,6 +45,9 @@ class ProxyParts:
     @ivar guard: Idempotency-Key handling; L{None} passes keys through.
     @ivar children: the C{--spawn} children, named in errors when one exited.
     @ivar limits: C{--rate-limit} and C{--max-concurrent}; L{None} without rules.
+    @ivar deadlines: where every try's timeout is armed, one C{DelayedCall}
+        between them (stopped with the proxy); L{None}: each retry loop
+        its own.
     """
 
     config: ProxyConfig = field(validator=instance_of(ProxyConfig))
@@ -59,6 +63,7 @@ class ProxyParts:
     guard: IdempotencyGuard | None = field(default=None, validator=optional(instance_of(IdempotencyGuard)))
     children: Sequence[SpawnedChild] = ()
     limits: Limits | None = field(default=None, validator=optional(instance_of(Limits)))
+    deadlines: Deadlines | None = field(default=None, validator=optional(instance_of(Deadlines)))
 
 
 def body_cooperator(clock: IReactorTime) -> Cooperator:

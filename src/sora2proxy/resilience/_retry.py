@@ -6,17 +6,19 @@ and sends (the only place that schedules a retry).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
+from ..http._deadlines import Deadlines
 from ._budget import RetryBudget
 from ._classify import TryFailure, TryTimedOut, classify, parse_retry_after
+from ._discard import DiscardedBody
 
 #: RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -207,23 +209,6 @@ class GaveUp(Exception):
         self.retryable = retryable
 
 
-class _Discard(TwistedProtocol):
-    """
-    Reads and drops the body of an answer that is retried, so that its
-    connection can be reused; a large one is cut off instead.
-    """
-
-    LIMIT = 64 * 1024
-
-    def __init__(self) -> None:
-        self._seen = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._seen += len(data)
-        if self._seen > self.LIMIT and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-
 @define
 class RetryLoop:
     """
@@ -242,6 +227,9 @@ class RetryLoop:
     _deadline: float | None = None
     _budget: RetryBudget | None = None
     _random: Callable[[], float] = field(default=lambda: 1.0)
+    #: where the tries' timeouts are armed (the proxy's, shared); by default
+    #: the loop's own, which holds no DelayedCall once no try is timed
+    _deadlines: Deadlines | None = field(default=None, kw_only=True)
     tries: int = 0
     budget_exhausted: bool = False
     maybe_reached: bool = False
@@ -250,7 +238,7 @@ class RetryLoop:
     _pending: Deferred[None] | None = field(default=None, init=False)
     _wait: IDelayedCall | None = field(default=None, init=False)
     _outcome: LoopOutcome = field(init=False)  # these three: set before read (no default to store)
-    _try_timer: IDelayedCall | None = field(init=False)
+    _try_timer: int | None = field(init=False)  # the try's deadline key
     _timed_out: float | None = field(init=False)
 
     def run(self) -> Deferred[IResponse]:
@@ -270,6 +258,8 @@ class RetryLoop:
         Deferred would (without a Deferred's cost).
         """
         self._outcome = outcome
+        if self._deadlines is None:
+            self._deadlines = Deadlines(self._clock, linger=False)
         self._start_try()
 
     def cancel(self) -> None:
@@ -302,9 +292,10 @@ class RetryLoop:
         except Exception:
             self._finish(Failure())
             return
-        # One DelayedCall per try (Deferred.addTimeout costs three times as much).
+        # A deadline, not a DelayedCall per try (Deferred.addTimeout costs three times as much).
         self._timed_out = None
-        self._try_timer = self._clock.callLater(timeout, self._time_out, sent, timeout)
+        assert self._deadlines is not None  # start() made one
+        self._try_timer = self._deadlines.arm(timeout, partial(self._time_out, sent, timeout))
         pending = sent.addCallbacks(self._answered, self._failed)
         if not pending.called:
             self._pending = pending
@@ -315,9 +306,9 @@ class RetryLoop:
         sent.cancel()
 
     def _stop_try_timer(self) -> None:
-        timer, self._try_timer = self._try_timer, None
-        if timer is not None:
-            timer.cancel()
+        key, self._try_timer = self._try_timer, None
+        if key is not None and self._deadlines is not None:
+            self._deadlines.disarm(key)
 
     def _retry_allowed(self, wanted: bool) -> bool:
         if not wanted:
@@ -328,9 +319,7 @@ class RetryLoop:
         return True
 
     def _answered(self, response: IResponse) -> None:
-        timer, self._try_timer = self._try_timer, None
-        if timer is not None:  # never a call that ran: _time_out forgets it
-            timer.cancel()
+        self._stop_try_timer()  # never one that ran: _time_out forgets it
         self._pending = None
         self.maybe_reached = True
         self._router.succeeded(response)
@@ -351,7 +340,7 @@ class RetryLoop:
         )
         if decision is PASS_ON or not self._retry_allowed(decision.retry):
             return False
-        response.deliverBody(_Discard())
+        response.deliverBody(DiscardedBody())
         self._wait = self._clock.callLater(decision.delay, self._start_try)
         return True
 
