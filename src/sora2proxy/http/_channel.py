@@ -6,17 +6,15 @@ drives twisted.web's L{Request} objects as C{HTTPChannel} does (C{gotLength},
 C{handleContentChunk}, C{requestReceived}, C{requestDone}), so any resource
 works behind it.
 
-It enforces the limits a front door needs: request line length (414), header
-count and size (431), and the time a client may take to send its head (408,
-against slowloris; the timer runs only while a head is incomplete).  A head
-is refused with 400 at once when llhttp refuses it (ambiguous framing,
-obs-fold, bare CR, control bytes...), when its lines end in a bare LF, when
-C{Host} is missing (HTTP/1.1), repeated or not a host and port, when a chunk
-size does not fit in 64 bits, and for what llhttp lets through (L{_head}).
+It enforces the limits a front door needs: request line length (414), header count and size
+(431), and the time a client may take to send its head (408, against slowloris; the timer runs
+only while a head is incomplete).  A head is refused with 400 at once when llhttp refuses it
+(ambiguous framing, obs-fold, bare CR, control bytes...), when its lines end in a bare LF, when
+C{Host} is missing (HTTP/1.1), repeated or not a host and port, when a chunk size does not fit
+in 64 bits, and for what llhttp lets through (L{_head}).
 
-Every refusal is one JSON error saying what is wrong (L{_refusal}), the
-connection then closed, and the site's L{RefusalListener} told.
-C{Connection: close} is honoured anywhere in the field's token list.
+Every refusal is one JSON error saying what is wrong (L{_refusal}), the connection then closed
+(aborted later if a TLS client never answers), and the site's L{RefusalListener} told.
 """
 
 from __future__ import annotations
@@ -238,7 +236,7 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
         if not self.persistent:
-            self.loseConnection()  # type: ignore[no-untyped-call]
+            self.loseConnection()
             return
         self._handlingRequest = False
         if self.timeOut:  # idle from the answer on: the running timer moved, or a new one
@@ -251,8 +249,7 @@ class ProxyChannel(IdleTimer, HTTPChannel):
 
     def take_early(self) -> bytes:
         """
-        Stop reading requests (the connection is handed over), and return
-        the bytes read and not parsed: what the client sent after the head.
+        Stop reading requests (the connection is handed over); the bytes read, not parsed.
         """
         early = self._buffer + b"".join(self._dataBuffer)
         self._buffer = b""
@@ -328,6 +325,7 @@ class ProxyChannel(IdleTimer, HTTPChannel):
             date = getattr(getattr(self, "site", None), "date", None)
             self.transport.write(raw_error(kind, message, details, request_id, date and date.now()))
             self.transport.loseConnection()
+            self._abort_later()
         self.tell_refused(kind, message, request_id, seconds, line)
 
     def tell_refused(
@@ -338,8 +336,7 @@ class ProxyChannel(IdleTimer, HTTPChannel):
         C{kind} (by this channel, or by its request: a body too large); read
         nothing more.
 
-        @param line: the request line, when the request was refused before
-            its head was read.
+        @param line: the request line, for a request refused before its head was read.
         """
         self._refused = True
         self.setTimeout(None)  # closing already: no idle timer
@@ -383,6 +380,16 @@ class ProxyChannel(IdleTimer, HTTPChannel):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
+
+    def loseConnection(self) -> None:
+        super().loseConnection()  # type: ignore[no-untyped-call]
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        # TLS waits for the client's close_notify: aborted after abortTimeout, as twisted.web's timeout.
+        clock = getattr(getattr(self, "site", None), "reactor", None)
+        if self._abortingCall is None and self.abortTimeout and clock is not None and self.isSecure():
+            self._abortingCall = clock.callLater(self.abortTimeout, self.forceAbortClient)
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
