@@ -13,7 +13,6 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import _nameEncoder
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -21,6 +20,7 @@ from zope.interface import implementer
 from .._errors import reason_phrase
 from ..http._h2_heads import abort_client
 from ..http._headers import (
+    CANONICAL_CACHE,
     HOP_BY_HOP,
     HOST_KEY,
     REQUEST_ID,
@@ -195,8 +195,6 @@ def _under(value: bytes, base: bytes) -> bool:
 
 
 _CONTENT_LENGTH = canonical(b"content-length")
-#: Twisted's cache of the names its encoder has cased (keyed by the name given).
-_CASED = _nameEncoder._canonicalHeaderCache.get
 #: The response fields start_response looks at one by one; the others are copied.
 _LOOKED_AT = HOP_BY_HOP | {b"content-length", b"location", b"content-location"}
 
@@ -224,7 +222,7 @@ def start_response(
     headers = request.responseHeaders
     named, pairs = _fields_of(response)
     raw, encode, code = headers._rawHeaders, canonical, response.code  # values parsed: no CR or LF
-    cased = _CASED  # Twisted's own cache of canonical names: no call for a name seen before
+    cased = CANONICAL_CACHE.get  # no encoder call for a name seen before
     for lower, (_, values) in pairs:
         if lower in _LOOKED_AT or (named and lower in named):
             if lower in HOP_BY_HOP or (named and lower in named):
