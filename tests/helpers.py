@@ -15,6 +15,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -251,6 +252,45 @@ class MemoryHarness:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.flush()
+
+
+class RecordingChannel:
+    """A channel that records what a request writes to it (and, as a site's channel, tells it)."""
+
+    def __init__(self, site: Any = None) -> None:
+        self.calls: list[Any] = []
+        self.transport = StringTransport()
+        self.site = site
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        self.calls.append(("head", version, code, reason, list(headers.getAllRawHeaders())))
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("body", data))
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.calls.append(("body", b"".join(data)))
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+
+class InertReadControl:
+    """
+    A response's L{sora2proxy.http._upstream_response.ReadControl} that does nothing.
+    """
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
 
 
 class Silent(Protocol):

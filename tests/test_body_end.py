@@ -14,16 +14,7 @@ from twisted.web.client import ResponseDone, ResponseFailed
 
 from sora2proxy.http._upstream_response import UpstreamResponse
 
-
-class _Connection:
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
+from .helpers import InertReadControl
 
 
 class Plain(Protocol):
@@ -52,7 +43,7 @@ class Aware(Plain):
 
 
 def response() -> UpstreamResponse:
-    return UpstreamResponse((b"HTTP", 1, 1), 200, b"OK", {}, {}, 5, _Connection())
+    return UpstreamResponse((b"HTTP", 1, 1), 200, b"OK", {}, {}, 5, InertReadControl())
 
 
 class BodyEndTests(SynchronousTestCase):

@@ -35,27 +35,14 @@ from sora2proxy.http._upstream_response import BodyTransport, UpstreamResponse
 from sora2proxy.ops._admin_hosts import LocalHostsOnly
 from sora2proxy.ops._logs import JSONLinesObserver
 
+from .helpers import InertReadControl
+
 SOURCE = Path(sora2proxy.__file__).parent
-
-
-class _Connection:
-    """
-    A response's L{sora2proxy.http._upstream_response.ReadControl} that does nothing.
-    """
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
 
 
 def _response() -> UpstreamResponse:
     fields = {b"content-length": (b"Content-Length", [b"0"])}
-    return UpstreamResponse((b"HTTP", 1, 1), 200, b"OK", fields, {}, 0, _Connection())
+    return UpstreamResponse((b"HTTP", 1, 1), 200, b"OK", fields, {}, 0, InertReadControl())
 
 
 def _proxy_resource() -> object:
@@ -76,7 +63,7 @@ INSTANCES: dict[str, Callable[[], object]] = {
     "sora2proxy.http._endpoints.UpstreamEndpoints": lambda: UpstreamEndpoints(MemoryReactorClock()),
     "sora2proxy.http._h2.NegotiatedChannel": lambda: NegotiatedChannel(Protocol(), lambda: None),  # type: ignore[arg-type,return-value]
     "sora2proxy.http._reading.PauseTracking": lambda: PauseTracking(StringTransport()),
-    "sora2proxy.http._upstream_response.BodyTransport": lambda: BodyTransport(_Connection()),
+    "sora2proxy.http._upstream_response.BodyTransport": lambda: BodyTransport(InertReadControl()),
     "sora2proxy.http._upstream_response.UpstreamResponse": _response,
     "sora2proxy.ops._admin_hosts.LocalHostsOnly": lambda: LocalHostsOnly(Resource()),
     "sora2proxy.ops._logs.JSONLinesObserver": lambda: JSONLinesObserver(StringIO()),

@@ -36,6 +36,8 @@ from sora2proxy.http._headers import (
 from sora2proxy.http._idle import IdleTimer
 from sora2proxy.http._site import ProxyRequest
 
+from .helpers import RecordingChannel
+
 _NAMES = st.sampled_from([b"Content-Type", b"Set-Cookie", b"X-A", b"Server", b"Date", b"Content-Length"])
 _VALUES = st.lists(
     st.binary(min_size=0, max_size=8).filter(lambda v: b"\r" not in v and b"\n" not in v), max_size=3
@@ -128,29 +130,12 @@ class SecureTests(SynchronousTestCase):
         self.assertEqual(transport.adapted, 1)
 
 
-class _Channel:
-    """A channel that records what a request tells it, as a site's channel."""
+class _Channel(RecordingChannel):
+    """A recording channel that is also its own factory: it logs and ends requests, as a site's channel."""
 
     def __init__(self, site: Any = None) -> None:
-        self.calls: list[Any] = []
-        self.transport = StringTransport()
-        self.site = site
+        super().__init__(site)
         self.factory = self
-
-    def getPeer(self) -> Any:
-        return self.transport.getPeer()
-
-    def getHost(self) -> Any:
-        return self.transport.getHost()
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        self.calls.append(("head", version, code, reason, list(headers.getAllRawHeaders())))
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("body", data))
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.calls.append(("body", b"".join(data)))
 
     def log(self, request: Any) -> None:
         self.calls.append(("log", request.finished))

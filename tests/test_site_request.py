@@ -16,6 +16,8 @@ from twisted.web.resource import Resource
 from sora2proxy import ProxyConfig
 from sora2proxy.http._site import ProxySite
 
+from .helpers import RecordingChannel
+
 DATE = re.compile(rb"\r\nDate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n")
 
 
@@ -75,33 +77,8 @@ class ProxyRequestTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
 
 
-class _Recorder:
-    """A channel that records what a request writes to it."""
-
-    site = None
-
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self.transport = StringTransport()
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        self.calls.append(("head", version, code, reason, list(headers.getAllRawHeaders())))
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("body", data))
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.calls.append(("body", b"".join(data)))
-
-    def getPeer(self) -> Any:
-        return self.transport.getPeer()
-
-    def getHost(self) -> Any:
-        return self.transport.getHost()
-
-
 def _written(factory: Any, method: bytes, proto: bytes, code: int, length: bool, chunks: list[bytes]) -> Any:
-    channel = _Recorder()
+    channel = RecordingChannel()
     request = factory(channel, parsePOSTFormSubmission=False)
     request.method, request.clientproto, request.defaultContentType = method, proto, None
     request.setResponseCode(code)
@@ -150,7 +127,7 @@ class WhenGoneTests(SynchronousTestCase):
     def _request(self) -> Any:
         from sora2proxy.http._site import ProxyRequest
 
-        request = ProxyRequest(_Recorder(), parsePOSTFormSubmission=False)
+        request = ProxyRequest(RecordingChannel(), parsePOSTFormSubmission=False)
         request.method, request.clientproto = b"GET", b"HTTP/1.1"
         return request
 
